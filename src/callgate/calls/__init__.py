@@ -1,0 +1,1 @@
+"""Call lifecycle, registry, webhook delivery and the call-control verbs behind the REST API."""

@@ -1,0 +1,1 @@
+"""The voice AI behind a realtime session: one small streaming interface, several engines."""

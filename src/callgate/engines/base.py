@@ -1,0 +1,141 @@
+"""The seam between a realtime session and the voice AI that serves it.
+
+A session owns turn-taking, the conversation and the protocol; an engine only listens and
+talks. Two shapes fit behind one interface:
+
+* cascade engines (``local``, ``openai-compatible``) are asked to ``transcribe`` a committed
+  user turn and to ``respond`` to the conversation so far;
+* duplex engines (``echo``, an upstream Realtime server) take every input frame through
+  ``push_audio`` and speak on their own through ``events``; the session relays what they say.
+
+All audio is PCM16 little-endian mono at ``Engine.sample_rate`` (24 kHz, the Realtime API's
+``audio/pcm`` rate). Every stage a turn passes is stamped with ``Stage`` so latency has one
+timeline (STYLE.md: one place per call knows the timeline of a turn).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDelta:
+    """Part of the user's words, while transcription runs."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDone:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """Assistant output text: the transcript of its audio, or its text when audio is off."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDelta:
+    """Assistant speech, PCM16 mono at the engine's sample rate."""
+
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """A point on a turn's timeline: ``transcript_ready``, ``llm_first_token``,
+    ``tts_first_audio`` ... ``at`` is ``time.monotonic()``."""
+
+    name: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    status: str = "completed"  # completed | incomplete | failed
+    reason: str | None = None  # e.g. max_output_tokens
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineError:
+    message: str
+    code: str = "engine_error"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedEvent:
+    """A server event from an upstream Realtime server, passed to clients as it came."""
+
+    event: dict[str, Any]
+
+
+EngineEvent = (
+    TranscriptDelta | TranscriptDone | TextDelta | AudioDelta | ToolCall | Stage | ResponseDone
+    | EngineError | RelayedEvent
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRequest:
+    """Everything a cascade engine needs to produce one response.
+
+    ``conversation`` holds GA conversation items as plain dicts (``message`` with
+    ``input_text``/``input_audio`` (transcript)/``output_text``/``output_audio`` content,
+    ``function_call``, ``function_call_output``), oldest first.
+    """
+
+    instructions: str
+    conversation: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: Any = "auto"
+    voice: str | None = None
+    speed: float = 1.0
+    max_output_tokens: int | None = None
+    output_modalities: tuple[str, ...] = ("audio",)
+
+
+class Engine(ABC):
+    """One instance per realtime session."""
+
+    sample_rate: ClassVar[int] = 24000
+    duplex: ClassVar[bool] = False
+
+    async def start(self, session: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Called once with the session config before any audio flows."""
+
+    async def update(self, session: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """The session config changed (``session.update``)."""
+
+    def push_audio(self, pcm: bytes) -> None:
+        """Duplex engines: one frame of caller audio."""
+        raise NotImplementedError(f"{type(self).__name__} is not a duplex engine")
+
+    def events(self) -> AsyncIterator[EngineEvent]:
+        """Duplex engines: what the engine says on its own, until it closes."""
+        raise NotImplementedError(f"{type(self).__name__} is not a duplex engine")
+
+    @abstractmethod
+    def transcribe(self, pcm: bytes) -> AsyncIterator[TranscriptDelta | TranscriptDone | Stage
+                                                      | EngineError]:
+        """Transcribe one committed user turn."""
+
+    @abstractmethod
+    def respond(self, request: ResponseRequest) -> AsyncIterator[EngineEvent]:
+        """Produce one response; the caller cancels it by closing the iterator (``aclose``)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release models, sockets and workers."""
