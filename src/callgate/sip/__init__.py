@@ -1,0 +1,1 @@
+"""Sans-IO SIP: message syntax, SDP, transactions and dialogs, plus thin asyncio transports."""
