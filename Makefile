@@ -11,7 +11,7 @@ SYSTEM_COMMANDS := sipp baresip sox espeak-ng
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[local,test]'
+	$(BIN)/pip install --quiet -e '.[local,llama,test]'
 	touch $(STAMP)
 
 serve: $(STAMP)

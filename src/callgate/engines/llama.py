@@ -1,0 +1,119 @@
+"""The in-process language model: llama.cpp through ``llama-cpp-python``.
+
+``llama-cpp-python`` is the optional ``callgate[llama]`` extra (it builds from source) and is
+imported only when a model is loaded. The model is a GGUF file, or ``owner/repo[:pattern]`` on
+the Hub, downloaded on first use. llama.cpp already emits OpenAI ``chat.completion.chunk``
+dicts, so the same accumulator as the HTTP client turns them into events; tool calls work
+through llama.cpp's grammar-constrained function calling when a tool is forced.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from callgate.engines.base import ResponseRequest
+from callgate.engines.hub import ModelUnavailable, download_file, pick_file
+from callgate.engines.llm import ChunkAccumulator, LlmEvent, LlmUnavailable, chat_payload
+from callgate.engines.threads import closing, iterate_in_thread, run_blocking
+
+DEFAULT_GGUF_PATTERN = "*q4_k_m*.gguf"
+
+
+def gguf_path(model: str, *, endpoint: str | None = None) -> str:
+    """A GGUF file: a path, or ``owner/repo[:file-pattern]`` downloaded from the Hub."""
+    if Path(model).is_file():
+        return model
+    repo_id, _, pattern = model.partition(":")
+    if repo_id.count("/") != 1 or (model.endswith(".gguf") and not pattern):
+        raise ModelUnavailable(f"LLM model {model!r}: no such GGUF file, and not a "
+                               "repository id (owner/name[:file-pattern])")
+    what = f"language model {model!r}"
+    filename = pick_file(repo_id, pattern or DEFAULT_GGUF_PATTERN, what=what, endpoint=endpoint)
+    return download_file(repo_id, filename, what=what, endpoint=endpoint)
+
+
+class _LoadedLlama:
+    """One llama.cpp context; it serves one generation at a time (on ``_LLAMA_POOL``)."""
+
+    def __init__(self, path: str, n_ctx: int, n_threads: int) -> None:
+        try:
+            from llama_cpp import Llama
+        except ModuleNotFoundError as exc:
+            raise LlmUnavailable("in-process llama.cpp needs llama-cpp-python: "
+                                 "pip install 'callgate[llama]', or set "
+                                 "CALLGATE_LLM_BASE_URL to an OpenAI-compatible server") from exc
+        self.llama: Any = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads,
+                                verbose=False)
+
+
+_LOAD_LOCK = threading.Lock()
+# Generations queue here, not on the shared inference pool: a dozen calls waiting for the one
+# llama.cpp context must not hold the workers that their own STT and TTS need.
+_LLAMA_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callgate-llama")
+_LLAMAS: dict[tuple[str, int, int], _LoadedLlama] = {}
+
+
+def _load_llama(model: str, n_ctx: int, n_threads: int) -> _LoadedLlama:
+    key = (model, n_ctx, n_threads)
+    if key not in _LLAMAS:
+        if not _LLAMAS:
+            atexit.register(_free_llamas)
+        _LLAMAS[key] = _LoadedLlama(gguf_path(model), n_ctx, n_threads)
+    return _LLAMAS[key]
+
+
+def _free_llamas() -> None:
+    # Freed before interpreter teardown: llama.cpp's own finaliser fails once the module
+    # globals it needs are gone.
+    for loaded in _LLAMAS.values():
+        loaded.llama.close()
+    _LLAMAS.clear()
+
+
+class LlamaCppChat:
+    """Chat completions from llama.cpp in this process; the model is shared per process."""
+
+    def __init__(self, model: str, *, n_ctx: int = 4096, n_threads: int = 2) -> None:
+        self.model = model
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+
+    def _loaded(self) -> _LoadedLlama:
+        with _LOAD_LOCK:
+            try:
+                return _load_llama(self.model, self.n_ctx, self.n_threads)
+            except ModelUnavailable as exc:
+                raise LlmUnavailable(str(exc)) from exc
+            except ValueError as exc:  # llama.cpp's "Failed to load model from file"
+                raise LlmUnavailable(f"llama.cpp cannot load {self.model}: {exc}") from exc
+
+    async def load(self) -> None:
+        await run_blocking(self._loaded, executor=_LLAMA_POOL)
+
+    async def aclose(self) -> None:
+        return None
+
+    def _chunks(self, payload: dict[str, Any], stop: threading.Event
+                ) -> Iterator[dict[str, Any]]:
+        loaded = self._loaded()
+        if stop.is_set():  # closed while it waited for its turn
+            return
+        payload = {key: value for key, value in payload.items() if key != "model"}
+        yield from loaded.llama.create_chat_completion(**payload, stream=True)
+
+    async def stream(self, request: ResponseRequest) -> AsyncIterator[LlmEvent]:
+        payload = chat_payload(request, self.model)
+        acc = ChunkAccumulator()
+        async with closing(
+                iterate_in_thread(lambda stop: self._chunks(payload, stop),
+                                  executor=_LLAMA_POOL)) as chunks:
+            async for chunk in chunks:
+                for delta in acc.feed(chunk):
+                    yield delta
+        for event in acc.finish():
+            yield event

