@@ -1,0 +1,483 @@
+"""MediaStream end to end on 127.0.0.1 (and ::1): real sockets, the real shared tick."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import time
+from dataclasses import replace
+from typing import Any, cast
+
+import numpy as np
+import pytest
+from test_pacer import run
+
+from callgate.media.codecs import G711Codec
+from callgate.media.pacer import SendTick
+from callgate.media.ports import PortPool
+from callgate.media.rtcp import ReceiverReport, SenderReport, parse_rtcp
+from callgate.media.rtp import RtpPacket, parse_rtp
+from callgate.media.session import MediaSession
+from callgate.media.srtp import SrtpContext, new_crypto
+from callgate.media.stream import MediaStream
+from callgate.sip.offer_answer import CodecSpec, CryptoSuite, NegotiatedMedia
+
+PCMU = CodecSpec("PCMU", 0, 8000, 1)
+PCMA = CodecSpec("PCMA", 8, 8000, 1)
+
+
+def media(port: int, *, host: str = "127.0.0.1", codec: CodecSpec = PCMU,
+          direction: str = "sendrecv", local: CryptoSuite | None = None,
+          remote: CryptoSuite | None = None, rtcp_mux: bool = False) -> NegotiatedMedia:
+    return NegotiatedMedia(
+        remote_addr=(host, port), codec=codec, dtmf_payload_type=101, direction=direction,
+        ptime=20, proto="RTP/SAVP" if local else "RTP/AVP", rtcp_mux=rtcp_mux,
+        remote_crypto=remote, local_crypto=local)
+
+
+def sine(freq: float, seconds: float, rate: int) -> bytes:
+    t = np.arange(int(rate * seconds)) / rate
+    return (8000 * np.sin(2 * math.pi * freq * t)).astype("<i2").tobytes()
+
+
+def dominant(frames: list[bytes], rate: int) -> tuple[float, float]:
+    """(peak frequency, seconds of audible signal) of the received frames."""
+    pcm = np.frombuffer(b"".join(frames), "<i2").astype(float)
+    loud = np.nonzero(np.abs(pcm) > 2000)[0]
+    if len(loud) == 0:
+        return 0.0, 0.0
+    seg = pcm[loud[0]:loud[-1]]
+    freqs = np.fft.rfftfreq(len(seg), 1 / rate)
+    return float(freqs[int(np.argmax(np.abs(np.fft.rfft(seg))))]), len(seg) / rate
+
+
+class Peer(asyncio.DatagramProtocol):
+    """A raw UDP endpoint standing in for a phone."""
+
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is no subclass
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.packets.append(data)
+
+    @classmethod
+    async def open(cls, host: str = "127.0.0.1") -> tuple[Peer, int]:
+        loop = asyncio.get_running_loop()
+        peer = cls()
+        transport, _ = await loop.create_datagram_endpoint(lambda: peer, local_addr=(host, 0))
+        return peer, transport.get_extra_info("sockname")[1]
+
+    def close(self) -> None:
+        assert self.transport is not None
+        self.transport.close()
+
+    def send(self, data: bytes, port: int, host: str = "127.0.0.1") -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, (host, port))
+
+
+async def pair(pool: PortPool, tick: SendTick, *, host: str = "127.0.0.1",
+               pcm_rate: int = 8000, **kw: Any) -> tuple[MediaStream, MediaStream]:
+    a = await MediaStream.open(bind_host=host, port_pool=pool, tick=tick)
+    b = await MediaStream.open(bind_host=host, port_pool=pool, tick=tick)
+    a.start(media(b.local_port, host=host, **kw), pcm_rate=pcm_rate)
+    b.start(media(a.local_port, host=host, **kw), pcm_rate=pcm_rate)
+    return a, b
+
+
+async def stream_and_phone(low: int, *, bind_host: str = "127.0.0.1",
+                           **kw: Any) -> tuple[MediaStream, Peer, int]:
+    """A stream on ports from ``low`` up, with a raw UDP phone on 127.0.0.1."""
+    stream = await MediaStream.open(bind_host=bind_host, port_pool=PortPool(low, low + 100),
+                                    tick=SendTick(), **kw)
+    phone, port = await Peer.open()
+    return stream, phone, port
+
+
+@pytest.mark.parametrize(("host", "pcm_rate"), [("127.0.0.1", 8000), ("127.0.0.1", 24000),
+                                                 ("::1", 16000)])
+def test_sine_crosses_both_ways_with_the_right_frequency(host: str, pcm_rate: int) -> None:
+    async def main() -> None:
+        pool, tick = PortPool(41000, 41100), SendTick()
+        a, b = await pair(pool, tick, host=host, pcm_rate=pcm_rate)
+        at_a: list[bytes] = []
+        at_b: list[bytes] = []
+        a.on_audio, b.on_audio = at_a.append, at_b.append
+        a.send_audio(sine(440, 1.0, pcm_rate), flush=True)
+        b.send_audio(sine(1000, 1.0, pcm_rate), flush=True)
+        await asyncio.sleep(1.5)
+        f_b, dur_b = dominant(at_b, pcm_rate)
+        f_a, dur_a = dominant(at_a, pcm_rate)
+        assert abs(f_b - 440) < 3 and abs(f_a - 1000) < 3
+        assert 0.95 < dur_b < 1.2 and 0.95 < dur_a < 1.2
+        # Every frame delivered is exactly 20 ms at the session rate.
+        assert {len(f) for f in at_b} == {2 * pcm_rate // 50}
+        for s in (a, b):
+            st = s.stats
+            assert st["lost"] == 0 and st["late"] == 0 and st["rtp_lost"] == 0, st
+            assert st["packets_out"] >= 70  # silence keeps flowing after the tone
+        await a.close()
+        await b.close()
+
+    run(main())
+
+
+def test_latching_follows_the_real_source_and_ignores_others() -> None:
+    async def main() -> None:
+        stream, phone, phone_port = await stream_and_phone(41100)
+        intruder, _ = await Peer.open()
+        # The SDP names a port nobody listens on (a phone behind NAT advertising its LAN port).
+        stream.start(media(9), pcm_rate=8000)
+        await asyncio.sleep(0.1)
+        assert phone.packets == []
+        codec = G711Codec("PCMU")
+        tone = sine(440, 0.2, 8000)
+        for k in range(10):
+            payload = codec.encode(tone[320 * k:320 * (k + 1)])
+            phone.send(RtpPacket(0, 100 + k, 1600 * k // 10, 0xABC, k == 0, payload).to_bytes(),
+                       stream.local_port)
+        await asyncio.sleep(0.05)
+        assert stream.latched_addr == ("127.0.0.1", phone_port)
+        for k in range(5):
+            intruder.send(RtpPacket(0, 7 + k, 0, 0xBAD, False, bytes(160)).to_bytes(),
+                          stream.local_port)
+        await asyncio.sleep(0.1)
+        assert len(phone.packets) >= 3  # our media now goes to where the phone really is
+        st = stream.stats
+        assert st["foreign_packets"] == 5
+        assert st["packets_in"] == 10
+        assert st["latched"] == f"127.0.0.1:{phone_port}"
+        await stream.close()
+        phone.close()
+        intruder.close()
+
+    run(main())
+
+
+def test_srtp_both_ways_and_a_tampered_packet_is_dropped() -> None:
+    async def main() -> None:
+        ours, theirs = new_crypto(1, "AES_CM_128_HMAC_SHA1_80"), new_crypto(1,
+                                                                           "AES_CM_128_HMAC_SHA1_80")
+        stream, phone, phone_port = await stream_and_phone(41200)
+        phone_srtp = SrtpContext(theirs, ours)
+        stream.start(media(phone_port, local=ours, remote=theirs, rtcp_mux=True), pcm_rate=8000)
+        heard: list[bytes] = []
+        stream.on_audio = heard.append
+        stream.send_audio(sine(1000, 0.3, 8000), flush=True)
+        codec = G711Codec("PCMU")
+        tone = sine(440, 0.6, 8000)
+        for k in range(30):
+            packet = RtpPacket(0, 500 + k, 160 * k, 0x5151, k == 0,
+                               codec.encode(tone[320 * k:320 * (k + 1)])).to_bytes()
+            protected = bytearray(phone_srtp.protect(packet))
+            if k == 12:
+                protected[20] ^= 0x01  # tampered on the way
+            phone.send(bytes(protected), stream.local_port)
+            await asyncio.sleep(0.02)
+        stream.session.send_rtcp(time.monotonic())  # an SRTCP report now, not in 1.25-3.75 s
+        await asyncio.sleep(0.3)
+        st = stream.stats
+        assert st["srtp_auth_failures"] == 1 and st["srtp_failures"] == 1
+        assert st["packets_in"] == 29
+        assert abs(dominant(heard, 8000)[0] - 440) < 5
+        # What we sent decrypts with the key we announced; plain RTP parsing alone fails.
+        decoded = [parse_rtp(phone_srtp.unprotect(p)) for p in phone.packets
+                   if not 192 <= p[1] <= 223]
+        reports = [parse_rtcp(phone_srtp.unprotect_rtcp(p)) for p in phone.packets
+                   if 192 <= p[1] <= 223]
+        assert reports and isinstance(reports[0][0], SenderReport)
+        assert reports[0][0].reports[0].ssrc == 0x5151
+        assert len(decoded) >= 20
+        pcm = b"".join(codec.decode(p.payload) for p in decoded)
+        assert abs(dominant([pcm], 8000)[0] - 1000) < 5
+        await stream.close()
+        phone.close()
+
+    run(main())
+
+
+def test_dtmf_digits_arrive_in_order_and_do_not_count_as_loss() -> None:
+    async def main() -> None:
+        pool, tick = PortPool(41300, 41400), SendTick()
+        a, b = await pair(pool, tick)
+        digits: list[str] = []
+        b.on_dtmf = digits.append
+        a.send_audio(sine(440, 0.2, 8000))
+        for d in "19#*A":
+            a.send_dtmf(d, 80)
+        await asyncio.sleep(1.2)
+        assert digits == list("19#*A")
+        st = b.stats
+        assert st["dtmf_in"] == 5 and a.stats["dtmf_out"] == 5
+        assert st["lost"] == 0 and st["rtp_lost"] == 0, st
+        await a.close()
+        await b.close()
+
+    run(main())
+
+
+def test_hold_sends_nothing_and_restart_changes_codec_and_remote_in_place() -> None:
+    async def main() -> None:
+        stream, phone, phone_port = await stream_and_phone(41400)
+        other, other_port = await Peer.open()
+        port = stream.local_port
+        stream.start(media(phone_port, direction="recvonly"), pcm_rate=8000)  # we are held
+        await asyncio.sleep(0.2)
+        assert phone.packets == [] and stream.stats["packets_out"] == 0
+        # re-INVITE: resume, switch to PCMA and to another address; same socket.
+        stream.start(media(other_port, codec=PCMA), pcm_rate=8000)
+        stream.send_audio(sine(440, 0.1, 8000))
+        await asyncio.sleep(0.2)
+        assert stream.local_port == port
+        rtp = [parse_rtp(p) for p in other.packets if not 192 <= p[1] <= 223]
+        assert len(rtp) >= 5 and {p.payload_type for p in rtp} == {8}
+        assert rtp[0].marker
+        assert phone.packets == []
+        await stream.close()
+        phone.close()
+        other.close()
+
+    run(main())
+
+
+def test_clear_output_drops_queued_audio_for_barge_in() -> None:
+    async def main() -> None:
+        stream, _phone, phone_port = await stream_and_phone(41500)
+        stream.start(media(phone_port), pcm_rate=24000)
+        stream.send_audio(sine(440, 2.0, 24000))
+        await asyncio.sleep(0.2)
+        dropped = stream.clear_output()
+        assert 1600 <= dropped <= 1900
+        assert stream.stats["queued_ms"] == stream.queued_ms == 0
+        await stream.close()
+        _phone.close()
+
+    run(main())
+
+
+def test_rtcp_reports_flow_and_rtt_is_measured() -> None:
+    async def main() -> None:
+        pool, tick = PortPool(41600, 41700), SendTick()
+        a, b = await pair(pool, tick, rtcp_mux=True)
+        await asyncio.sleep(0.1)
+        a.session.send_rtcp(time.monotonic())  # now, rather than in 1.25-3.75 s
+        await asyncio.sleep(0.05)
+        b.session.send_rtcp(time.monotonic())  # b answers having seen a's SR: LSR/DLSR set
+        await asyncio.sleep(0.05)
+        assert a.stats["rtcp_in"] >= 1 and b.stats["rtcp_in"] >= 1
+        assert a.stats["remote_fraction_lost"] == 0.0
+        assert a.stats["rtt_ms"] is not None and a.stats["rtt_ms"] < 50
+        await a.close()
+        await b.close()
+
+    run(main())
+
+
+def test_close_releases_everything() -> None:
+    async def main() -> None:
+        pool, tick = PortPool(41700, 41800), SendTick()
+        a, b = await pair(pool, tick)
+        socks = [a._bound.rtp, a._bound.rtcp, b._bound.rtp, b._bound.rtcp]
+        await asyncio.sleep(0.1)
+        assert tick.running and pool.in_use == 2
+        await a.close()
+        await b.close()
+        await a.close()  # idempotent
+        assert not tick.running and tick.clients == 0
+        assert pool.in_use == 0
+        assert all(s is not None and s.fileno() == -1 for s in socks)
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        with pytest.raises(RuntimeError):
+            a.start(media(9), pcm_rate=8000)
+        # The ports can be bound again at once.
+        again = await MediaStream.open(bind_host="127.0.0.1", port_pool=pool, tick=tick)
+        await again.close()
+
+    run(main())
+
+
+def test_ports_in_use_by_others_are_skipped_and_exhaustion_is_an_error() -> None:
+    from callgate.media.ports import PortsExhausted
+
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", 41801))  # the RTCP port of the first pair
+    try:
+        pool = PortPool(41800, 41805)  # pairs 41800/1, 41802/3, 41804/5
+        assert pool.size == 3
+        first = pool.bind("127.0.0.1")
+        assert first.port == 41802
+        second = pool.bind("127.0.0.1")
+        assert second.port == 41804
+        with pytest.raises(PortsExhausted):
+            pool.bind("127.0.0.1")
+        first.close()
+        pool.release(first.port)
+        # Round robin: 41800 (skipped before) comes first, and binds when RTCP is not wanted.
+        solo = pool.bind("127.0.0.1", rtcp=False)
+        assert solo.port == 41800 and solo.rtcp is None
+        third = pool.bind("127.0.0.1")
+        assert third.port == 41802
+        for bound in (second, solo, third):
+            bound.close()
+    finally:
+        blocker.close()
+    with pytest.raises(ValueError):
+        PortPool(41800, 41800)
+    pool = PortPool(41901, 41906)  # odd low: starts at 41902
+    assert [pool.allocate() for _ in range(2)] == [41902, 41904]
+    with pytest.raises(PortsExhausted):
+        pool.allocate()
+    pool.release(41902)
+    assert pool.allocate() == 41902
+
+
+def test_cpu_cost_per_call_benchmark() -> None:
+    """100 streams looped back in pairs for 5 s, each echoing what it hears: bidirectional
+    G.711 media. Prints the CPU cost per call and the calls per core it projects."""
+    calls, seconds = 100, 5.0
+
+    async def main() -> tuple[float, dict[str, Any], int]:
+        pool, tick = PortPool(42000, 42400), SendTick()
+        streams = []
+        for _ in range(calls // 2):
+            a, b = await pair(pool, tick)
+            for s in (a, b):
+                s.on_audio = s.send_audio
+            a.send_audio(sine(440, 1.0, 8000))
+            streams += [a, b]
+        await asyncio.sleep(1.0)
+        tick.reset_stats()
+        lost0 = sum(s.stats["lost"] + s.stats["late"] for s in streams)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        lost = sum(s.stats["lost"] + s.stats["late"] for s in streams) - lost0
+        stats = tick.stats
+        for s in streams:
+            await s.close()
+        return cpu / wall / calls, stats, lost
+
+    per_call, stats, lost = run(main())
+    print(f"\n{calls} G.711 calls looped back: {per_call * 1000:.2f} ms CPU per call-second "
+          f"-> {1 / per_call:.0f} calls per core; tick error p50={stats['error_p50_ms']:.2f} "
+          f"p99={stats['error_p99_ms']:.2f} ms; lost+late={lost}")
+    assert per_call < 0.010  # a regression guard far above the measured cost
+
+
+def test_re_start_with_a_new_remote_relatches() -> None:
+    async def main() -> None:
+        stream, phone, phone_port = await stream_and_phone(42400)
+        moved, moved_port = await Peer.open()
+        negotiated = media(phone_port)
+        stream.start(negotiated, pcm_rate=8000)
+        phone.send(RtpPacket(0, 1, 0, 1, True, bytes(160)).to_bytes(), stream.local_port)
+        await asyncio.sleep(0.05)
+        assert stream.latched_addr == ("127.0.0.1", phone_port)
+        stream.start(replace(negotiated, remote_addr=("127.0.0.1", moved_port)), pcm_rate=8000)
+        assert stream.latched_addr is None
+        # The old peer's packets still in flight do not capture the new latch...
+        phone.send(RtpPacket(0, 2, 160, 1, False, bytes(160)).to_bytes(), stream.local_port)
+        await asyncio.sleep(0.05)
+        assert stream.latched_addr is None
+        assert stream.stats["foreign_packets"] == 1
+        # ...the new one's do.
+        moved.send(RtpPacket(0, 3, 320, 1, False, bytes(160)).to_bytes(), stream.local_port)
+        await asyncio.sleep(0.05)
+        assert stream.latched_addr == ("127.0.0.1", moved_port)
+        await stream.close()
+        phone.close()
+        moved.close()
+
+    run(main())
+
+
+def test_a_host_name_in_the_sdp_is_resolved_without_blocking() -> None:
+    async def main() -> None:
+        stream, phone, phone_port = await stream_and_phone(42500, symmetric_rtp=False)
+        stream.start(media(phone_port, host="localhost"), pcm_rate=8000)
+        await asyncio.sleep(0.2)
+        assert len(phone.packets) >= 5
+        await stream.close()
+        phone.close()
+
+    run(main())
+
+
+def test_dual_stack_socket_reaches_an_ipv4_phone() -> None:
+    async def main() -> None:
+        stream, phone, phone_port = await stream_and_phone(42600, bind_host="::")
+        stream.start(media(phone_port), pcm_rate=8000)
+        phone.send(RtpPacket(0, 1, 0, 7, True, bytes(160)).to_bytes(), stream.local_port)
+        await asyncio.sleep(0.15)
+        assert len(phone.packets) >= 4
+        assert stream.latched_addr == ("::ffff:127.0.0.1", phone_port)
+        await stream.close()
+        phone.close()
+
+    run(main())
+
+
+# -- the sans-IO core, without sockets --------------------------------------------------------
+
+
+class Wire:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int], bool]] = []
+
+    def __call__(self, data: bytes, addr: tuple[str, int], rtcp: bool) -> None:
+        self.sent.append((data, addr, rtcp))
+
+    def rtp(self) -> list[RtpPacket]:
+        return [parse_rtp(d) for d, _, rtcp in self.sent if not rtcp and not 192 <= d[1] <= 223]
+
+
+def test_session_keeps_the_rtp_clock_across_skipped_ticks() -> None:
+    wire = Wire()
+    session = MediaSession(wire)
+    session.configure(media(5000), pcm_rate=8000, now=100.0)
+    for t in (100.0, 100.02, 100.04, 100.24, 100.26):  # the loop stalled for 180 ms
+        session.on_tick(t)
+    rtp = wire.rtp()
+    assert [(p.timestamp - rtp[0].timestamp) & 0xFFFFFFFF for p in rtp] == [
+        0, 160, 320, 320 + 10 * 160, 320 + 11 * 160]
+    assert [p.marker for p in rtp] == [True, False, False, True, False]
+    assert {addr for _, addr, _ in wire.sent} == {("127.0.0.1", 5000)}
+
+
+def test_session_hold_address_and_ipv6_mapping() -> None:
+    wire = Wire()
+    held = MediaSession(wire)
+    held.configure(media(5000, host="0.0.0.0"), pcm_rate=8000, now=0.0)  # RFC 2543 hold
+    held.on_tick(0.0)
+    assert wire.sent == []
+    dual = MediaSession(wire, ipv6_socket=True)
+    dual.configure(media(5000), pcm_rate=8000, now=0.0)
+    dual.on_tick(0.0)
+    assert wire.sent[0][1] == ("::ffff:127.0.0.1", 5000)
+    v4_only = MediaSession(wire)
+    v4_only.configure(media(5000, host="2001:db8::1"), pcm_rate=8000, now=0.0)
+    assert v4_only.stats["packets_out"] == 0
+    v4_only.on_tick(0.0)
+    assert len(wire.sent) == 1  # nothing for an address this socket cannot reach
+
+
+def test_session_rtcp_goes_to_port_plus_one_or_a_rtcp_attribute() -> None:
+    wire = Wire()
+    session = MediaSession(wire)
+    session.configure(media(5000), pcm_rate=8000, now=0.0)
+    session.send_rtcp(0.0)
+    assert wire.sent[-1][1:] == (("127.0.0.1", 5001), True)
+    other = replace(media(5000), remote_rtcp_addr=("127.0.0.2", 6001))
+    session.configure(other, pcm_rate=8000, now=1.0)
+    session.send_rtcp(1.0)
+    assert wire.sent[-1][1:] == (("127.0.0.2", 6001), True)
+    session.configure(media(5000, rtcp_mux=True), pcm_rate=8000, now=2.0)
+    session.send_rtcp(2.0)
+    assert wire.sent[-1][1:] == (("127.0.0.1", 5000), False)
+    packets = parse_rtcp(wire.sent[-1][0])
+    assert isinstance(packets[0], ReceiverReport)  # nothing sent yet: RR, not SR
