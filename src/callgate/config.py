@@ -10,10 +10,15 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 
 class ModelRoute(BaseModel):
@@ -77,7 +82,7 @@ class Settings(BaseSettings):
 
     # --- media -----------------------------------------------------------------------------
     rtp_ports: str = Field("10000-20000", description="RTP port range, 'low-high' (even ports).")
-    codecs: list[str] = Field(["PCMU", "PCMA", "G722", "opus"],
+    codecs: Annotated[list[str], NoDecode] = Field(["PCMU", "PCMA", "G722", "opus"],
                               description="Codec preference list for SDP answers and offers.")
     symmetric_rtp: bool = Field(True, description="Latch RTP to the first valid source address.")
     jitter_min_ms: int = Field(40, ge=0, description="Jitter buffer minimum depth.")
@@ -90,7 +95,7 @@ class Settings(BaseSettings):
                                 "(unset: no authentication, for local use only).")
 
     # --- call control ----------------------------------------------------------------------
-    webhook_url: list[str] = Field([], description="Endpoints that receive "
+    webhook_url: Annotated[list[str], NoDecode] = Field([], description="Endpoints that receive "
                                    "realtime.call.incoming (comma-separated or JSON list).")
     webhook_secret: str | None = Field(None, description="Standard Webhooks secret, 'whsec_<b64>'.")
     webhook_timeout: float = Field(5.0, gt=0, description="Per-attempt webhook timeout (s).")
@@ -145,6 +150,13 @@ class Settings(BaseSettings):
     def _check_tls(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
+        return self
+
+    @model_validator(mode="after")
+    def _check_default_model(self) -> Settings:
+        if self.default_model not in self.model_routes:
+            raise ValueError(f"default_model {self.default_model!r} is not one of the models "
+                             f"({', '.join(sorted(self.model_routes))})")
         return self
 
     @property
