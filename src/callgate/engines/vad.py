@@ -27,10 +27,15 @@ _LOCK = threading.Lock()
 
 
 class VoiceActivity(Protocol):
+    """A speech detector over fixed frames (Silero: 512 samples at 16 kHz); shared by the
+    engines and the realtime session's turn detection."""
+
     sample_rate: int
     frame_samples: int
 
-    def probability(self, frame: bytes) -> float: ...
+    def probability(self, frame: bytes) -> float:
+        """Speech probability of one frame of PCM16 at ``sample_rate``."""
+        ...
 
     def reset(self) -> None: ...
 

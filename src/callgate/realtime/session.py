@@ -1,0 +1,391 @@
+"""A Realtime session: the conversation, turn-taking and responses of one call (or socket).
+
+Caller audio comes in through :meth:`RealtimeSession.feed_audio` (the phone line, 20 ms PCM16
+frames at 24 kHz) or ``input_audio_buffer.append`` (a standalone socket). For cascade engines
+the session detects turns itself, commits each one as a user item, has the engine transcribe
+it and, when turn detection says so, answer it. Duplex engines hear every frame and speak on
+their own; the session relays what they say. Server events fan out to every subscriber; the
+session never waits for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from callgate.engines.base import (
+    Engine,
+    EngineError,
+    RelayedEvent,
+    ResponseDone,
+    Stage,
+    TranscriptDelta,
+    TranscriptDone,
+)
+from callgate.engines.vad import VoiceActivity
+from callgate.log import event
+from callgate.realtime import client_events
+from callgate.realtime.items import Conversation
+from callgate.realtime.playback import LinePlayback
+from callgate.realtime.protocol import ProtocolError, new_id, parse_client_event, validate_session
+from callgate.realtime.responses import (
+    AudioOutput,
+    ResponseParams,
+    ResponseRun,
+    Timeline,
+    engine_request,
+)
+from callgate.realtime.session_config import apply_update, default_session, to_engine_config
+from callgate.realtime.subscribers import Subscription
+from callgate.realtime.transcription import transcribe
+from callgate.realtime.turns import (
+    IdleTimeout,
+    InputAudioBuffer,
+    SpeechStarted,
+    SpeechStopped,
+    TurnConfig,
+    TurnDetector,
+    default_vad,
+)
+
+logger = logging.getLogger(__name__)
+
+DTMF_KEYS = frozenset("0123456789*#ABCD")
+MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms of audio
+
+
+class RealtimeSession:
+    def __init__(self, *, config: dict[str, Any], engine: Engine, call_id: str | None = None,
+                 output: AudioOutput | None = None, vad: VoiceActivity | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``config``: a GA session object (the ``/accept`` body); raises ProtocolError."""
+        given = validate_session({"type": "realtime", **config})
+        self.session_id = new_id("sess")
+        self.call_id = call_id
+        self.engine = engine
+        self.output = output
+        self.closed = False
+        self.timelines: deque[dict[str, Any]] = deque(maxlen=64)
+        self._clock = clock
+        self._vad = vad
+        self.config = apply_update(
+            default_session(self.session_id, str(config.get("model") or "local"), time.time()),
+            given, standalone=output is None)
+        self.config["model"] = str(config.get("model") or self.config["model"])
+        self.conversation = Conversation()
+        self.buffer = InputAudioBuffer()
+        self.detector: TurnDetector | None = None
+        self.active: ResponseRun | None = None
+        self.line = (LinePlayback(output, self.conversation, self.emit, self.spawn,
+                                  self._quiet) if output is not None else None)
+        self._subscribers: list[Subscription] = []
+        self._speech_item: str | None = None
+        self._next_timeline: Timeline | None = None
+        self._active_task: asyncio.Task[None] | None = None
+        self._transcriptions: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.last_response_id: str | None = None
+        self.reconfigure_turns()
+
+    @property
+    def log_fields(self) -> dict[str, Any]:
+        return {"call_id": self.call_id, "session_id": self.session_id}
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.engine.start(to_engine_config(self.config))
+        if self.engine.duplex:
+            self.spawn(self._pump_duplex())
+        event(logger, "realtime_session_started", **self.log_fields, model=self.config["model"],
+              duplex=self.engine.duplex)
+
+    async def close(self, reason: str) -> None:
+        """The call ended (or the standalone socket went away): stop everything."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.active is not None:
+            self.active.finish("cancelled")
+        tasks = [t for t in (*self._tasks, self._active_task) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for sub in list(self._subscribers):
+            sub.close()
+        try:
+            await self.engine.aclose()
+        finally:
+            event(logger, "realtime_session_closed", **self.log_fields, reason=reason)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- events out --------------------------------------------------------------------------
+    def subscribe(self) -> Subscription:
+        """A new observer; its first event is ``session.created``."""
+        sub = Subscription(self._unsubscribe)
+        sub.put({"type": "session.created", "event_id": new_id("event"),
+                 "session": copy.deepcopy(self.config)})
+        if self.closed:
+            sub.close()
+        else:
+            self._subscribers.append(sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subscribers:
+            self._subscribers.remove(sub)
+
+    def emit(self, ev: dict[str, Any]) -> None:
+        # DTMF events have no event_id in the GA schema (openai-wire.md §4).
+        if ev["type"] != "input_audio_buffer.dtmf_event_received":
+            ev = {"event_id": new_id("event"), **ev}
+        for sub in list(self._subscribers):
+            sub.put(ev)
+
+    # --- events in ---------------------------------------------------------------------------
+    async def handle_client_event(self, raw: str | bytes,
+                                  subscriber: Subscription | None = None) -> None:
+        """Apply one client event; a bad one is answered with ``error`` to ``subscriber``."""
+        try:
+            if self.closed:
+                raise ProtocolError("The session has ended.", code="session_closed")
+            await client_events.dispatch(self, parse_client_event(raw))
+        except ProtocolError as err:
+            if subscriber is not None:
+                subscriber.put(err.to_event())
+            else:
+                self.emit(err.to_event())
+
+    def dtmf(self, digit: str) -> None:
+        if self.closed or digit not in DTMF_KEYS:
+            return
+        self.emit({"type": "input_audio_buffer.dtmf_event_received", "event": digit,
+                   "received_at": int(time.time())})
+
+    # --- caller audio ------------------------------------------------------------------------
+    def feed_audio(self, pcm: bytes) -> None:
+        """One frame of caller audio (PCM16 24 kHz)."""
+        if self.closed or not pcm:
+            return
+        if self.engine.duplex:
+            self.engine.push_audio(pcm)
+            return
+        self.buffer.append(pcm)
+        detector = self.detector
+        if detector is None:
+            return
+        for turn in detector.feed(pcm):
+            if isinstance(turn, SpeechStarted):
+                self._speech_started(turn)
+            elif isinstance(turn, SpeechStopped):
+                self._speech_stopped(turn)
+            elif isinstance(turn, IdleTimeout):
+                self._idle_timeout(turn)
+        if not detector.speaking:
+            self.buffer.keep_last(detector.config.prefix_padding_ms)
+
+    def reconfigure_turns(self) -> None:
+        config = TurnConfig.from_session(self.config["audio"]["input"].get("turn_detection"))
+        if config is None or self.engine.duplex:
+            self.detector = None
+            return
+        if self._vad is None:
+            self._vad = default_vad()
+        if self._vad is None:
+            event(logger, "turn_detection_unavailable", logging.WARNING, **self.log_fields,
+                  why="no voice activity model; the client must commit turns")
+            return
+        if self.detector is None:
+            self.detector = TurnDetector(config, self._vad)
+        else:
+            self.detector.reconfigure(config)
+
+    def _speech_started(self, turn: SpeechStarted) -> None:
+        assert self.detector is not None
+        self._speech_item = new_id("item")
+        self.buffer.keep_last(self.detector.position_ms - turn.audio_start_ms)
+        self.emit({"type": "input_audio_buffer.speech_started",
+                   "audio_start_ms": turn.audio_start_ms, "item_id": self._speech_item})
+        if self.detector.config.interrupt_response:
+            self.interrupt("turn_detected")
+
+    def _speech_stopped(self, turn: SpeechStopped) -> None:
+        assert self.detector is not None
+        item_id = self._speech_item or new_id("item")
+        self._speech_item = None
+        now = self._clock()
+        timeline = Timeline(speech_end=now - (turn.audio_end_ms - turn.speech_end_ms) / 1000)
+        self.emit({"type": "input_audio_buffer.speech_stopped",
+                   "audio_end_ms": turn.audio_end_ms, "item_id": item_id})
+        self.commit(item_id, timeline=timeline)
+        if self.detector.config.create_response and self.active is None:
+            self.create_response(None, timeline=timeline)
+
+    def _idle_timeout(self, turn: IdleTimeout) -> None:
+        if self.active is not None or self.line:
+            return
+        item_id = new_id("item")
+        self.emit({"type": "input_audio_buffer.timeout_triggered",
+                   "audio_start_ms": turn.audio_start_ms, "audio_end_ms": turn.audio_end_ms,
+                   "item_id": item_id})
+        self.commit(item_id, transcript="")
+        self.create_response(None)
+
+    def commit(self, item_id: str | None = None, *, event_id: str | None = None,
+               timeline: Timeline | None = None, transcript: str | None = None) -> None:
+        """Make the buffered caller audio a user item (and transcribe it)."""
+        if item_id is None and self.buffer.duration_ms < MIN_COMMIT_MS:
+            raise ProtocolError(
+                f"Error committing input audio buffer: buffer too small. Expected at least "
+                f"{MIN_COMMIT_MS}ms of audio, but buffer only has "
+                f"{self.buffer.duration_ms}ms of audio.",
+                code="input_audio_buffer_commit_empty", event_id=event_id)
+        item_id = item_id or self._speech_item or new_id("item")
+        self._speech_item = None
+        if self.detector is not None and self.detector.speaking:
+            self.detector.reset()
+        pcm = self.buffer.take()
+        timeline = timeline or Timeline()
+        timeline.committed = self._clock()
+        item = {"id": item_id, "object": "realtime.item", "type": "message",
+                "status": "completed", "role": "user",
+                "content": [{"type": "input_audio", "transcript": transcript}]}
+        previous = self.conversation.add(item)
+        self.conversation.store_audio(item_id, pcm)
+        self.emit({"type": "input_audio_buffer.committed", "item_id": item_id,
+                   "previous_item_id": previous})
+        self.item_added(item, previous)
+        self._next_timeline = timeline
+        if transcript is None:
+            self.transcribe(item_id, pcm, timeline)
+
+    def item_added(self, item: dict[str, Any], previous: str | None) -> None:
+        self.emit({"type": "conversation.item.added", "previous_item_id": previous,
+                   "item": copy.deepcopy(item)})
+        self.emit({"type": "conversation.item.done", "previous_item_id": previous,
+                   "item": copy.deepcopy(item)})
+
+    def transcribe(self, item_id: str, pcm: bytes, timeline: Timeline | None = None) -> None:
+        task = self.spawn(transcribe(self.engine, self.conversation, self.emit, item_id, pcm,
+                                     timeline))
+        self._transcriptions[item_id] = task
+        task.add_done_callback(lambda _: self._transcriptions.pop(item_id, None))
+
+    # --- responses ---------------------------------------------------------------------------
+    def create_response(self, params: ResponseParams | None, *, event_id: str | None = None,
+                        timeline: Timeline | None = None, drive: bool = True) -> ResponseRun:
+        """Start a response; ``drive=False``: a duplex engine feeds it through ``events``."""
+        if self.active is not None:
+            raise ProtocolError(
+                f"Conversation already has an active response in progress: {self.active.id}. "
+                "Wait until the response is finished before creating a new one.",
+                code="conversation_already_has_active_response", event_id=event_id)
+        if self.line is not None:
+            self.line.stop_watching()
+        if self.detector is not None:
+            self.detector.disarm_idle()
+        timeline = timeline or self._next_timeline or Timeline()
+        self._next_timeline = None
+        run = ResponseRun(params=params or client_events.response_params(self, None),
+                          conversation=self.conversation, emit=self.emit, output=self.output,
+                          clock=self._clock, timeline=timeline, on_done=self._response_done,
+                          log_fields=self.log_fields)
+        self.active = run
+        self.last_response_id = run.id
+        run.start()
+        self.emit({"type": "rate_limits.updated", "rate_limits": []})
+        if drive:
+            self._active_task = asyncio.get_running_loop().create_task(self._drive(run))
+        return run
+
+    async def _drive(self, run: ResponseRun) -> None:
+        try:
+            pending = list(self._transcriptions.values())
+            if pending:  # the model reads the caller's words: wait for them
+                await asyncio.wait(pending)
+            if run.finished:
+                return
+            items = run.params.input
+            stream = self.engine.respond(engine_request(
+                run.params, self.conversation.items() if items is None else items))
+            try:
+                async for ev in stream:
+                    run.handle(ev)
+                    if run.finished or isinstance(ev, ResponseDone):
+                        break
+            finally:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            run.finish_from_engine()
+        except asyncio.CancelledError:
+            run.finish("cancelled")
+        except Exception as exc:
+            logger.exception("response failed")
+            run.finish("failed", error={"type": "server_error", "code": "engine_error",
+                                        "message": str(exc) or type(exc).__name__})
+
+    def _response_done(self, run: ResponseRun) -> None:
+        if self.active is run:
+            self.active = None
+        self.timelines.append({"response_id": run.id, "status": run.status,
+                               **run.timeline.as_ms()})
+        if self.closed:
+            return
+        if self.line is not None:
+            self.line.adopt(run.playbacks)
+            self.line.watch_drain()
+        else:
+            self._quiet()
+
+    def _quiet(self) -> None:
+        """The assistant has finished talking: the idle timeout starts counting."""
+        if self.detector is not None and not self.detector.speaking:
+            self.detector.arm_idle()
+
+    def cancel_response(self, reason: str) -> None:
+        run, task = self.active, self._active_task
+        if run is None:
+            return
+        run.finish("cancelled", reason=reason)
+        if task is not None and not task.done():
+            task.cancel()
+
+    def interrupt(self, reason: str) -> None:
+        """Barge-in (``turn_detected``) or ``output_audio_buffer.clear``: stop talking now."""
+        if self.line is not None:
+            if self.active is not None:
+                self.line.adopt(self.active.playbacks)
+            self.line.clear()
+        self.cancel_response(reason)
+
+    # --- duplex engines ----------------------------------------------------------------------
+    async def _pump_duplex(self) -> None:
+        """Relay what a duplex engine says on its own, as responses of this session."""
+        try:
+            async for ev in self.engine.events():
+                if isinstance(ev, RelayedEvent):
+                    self.emit(dict(ev.event))
+                    continue
+                if isinstance(ev, TranscriptDelta | TranscriptDone | Stage):
+                    continue
+                run = self.active
+                if run is None:
+                    if isinstance(ev, ResponseDone | EngineError):
+                        continue
+                    run = self.create_response(None, drive=False)
+                run.handle(ev)
+                if isinstance(ev, ResponseDone):
+                    run.finish_from_engine()
+        except Exception:
+            logger.exception("duplex engine stopped")
+

@@ -1,0 +1,281 @@
+"""Turn detection (sans-IO) and the caller-speech flows of a session, with an energy VAD."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from callgate.engines.base import AudioDelta, ResponseDone, TextDelta
+from callgate.realtime.session import RealtimeSession
+from callgate.realtime.turns import (
+    IdleTimeout,
+    InputAudioBuffer,
+    SpeechStarted,
+    SpeechStopped,
+    TurnConfig,
+    TurnDetector,
+)
+
+from .doubles import EnergyVad, ScriptedEngine, Watcher, frames, silence, tone
+
+VAD = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+       "silence_duration_ms": 500}
+
+
+def feed_all(detector: TurnDetector, pcm: bytes) -> list[Any]:
+    events: list[Any] = []
+    for frame in frames(pcm):
+        events += detector.feed(frame)
+    return events
+
+
+def test_server_vad_start_and_stop_positions() -> None:
+    config = TurnConfig.from_session(VAD)
+    assert config is not None
+    detector = TurnDetector(config, EnergyVad())
+    events = feed_all(detector, silence(1000) + tone(800) + silence(1000))
+    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped]
+    start, stop = events
+    # Speech begins at 1000 ms; the first VAD frame (32 ms) holding it reports it, minus the
+    # 300 ms prefix padding.
+    assert 1000 - 300 - 32 <= start.audio_start_ms <= 1000 - 300 + 32
+    assert 1800 <= stop.speech_end_ms <= 1800 + 64
+    assert stop.audio_end_ms - stop.speech_end_ms >= 500
+    assert stop.audio_end_ms <= 1800 + 500 + 64
+    assert detector.position_ms == 2800
+
+
+def test_short_pauses_do_not_end_the_turn() -> None:
+    config = TurnConfig.from_session({**VAD, "silence_duration_ms": 500})
+    assert config is not None
+    detector = TurnDetector(config, EnergyVad())
+    pcm = tone(400) + silence(300) + tone(400) + silence(600)
+    assert [type(e) for e in feed_all(detector, pcm)] == [SpeechStarted, SpeechStopped]
+
+
+def test_threshold_decides() -> None:
+    quiet = tone(600, amplitude=1200)  # rms ≈ 850 -> probability ≈ 0.42
+    for threshold, expected in ((0.5, []), (0.3, [SpeechStarted])):
+        config = TurnConfig.from_session({**VAD, "threshold": threshold})
+        assert config is not None
+        detector = TurnDetector(config, EnergyVad())
+        assert [type(e) for e in feed_all(detector, quiet)] == expected
+
+
+def test_semantic_vad_eagerness_sets_the_silence() -> None:
+    for eagerness, silence_ms in (("high", 300), ("auto", 700), ("medium", 700), ("low", 1200)):
+        config = TurnConfig.from_session({"type": "semantic_vad", "eagerness": eagerness})
+        assert config is not None and config.silence_duration_ms == silence_ms
+        detector = TurnDetector(config, EnergyVad())
+        events = feed_all(detector, tone(500) + silence(silence_ms - 100))
+        assert [type(e) for e in events] == [SpeechStarted]
+        events = feed_all(detector, silence(200))
+        assert [type(e) for e in events] == [SpeechStopped]
+    assert TurnConfig.from_session(None) is None
+
+
+def test_idle_timeout_fires_once_after_arming() -> None:
+    config = TurnConfig.from_session({**VAD, "idle_timeout_ms": 1000})
+    assert config is not None
+    detector = TurnDetector(config, EnergyVad())
+    assert feed_all(detector, silence(2000)) == []  # not armed yet
+    detector.arm_idle()
+    events = feed_all(detector, silence(1500))
+    assert events == [IdleTimeout(audio_start_ms=2000, audio_end_ms=3000)]
+    detector.arm_idle()
+    events = feed_all(detector, silence(500) + tone(600) + silence(1000))
+    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped]  # speech disarms
+
+
+def test_input_buffer_positions() -> None:
+    buffer = InputAudioBuffer(max_ms=1000)
+    buffer.append(silence(700))
+    buffer.keep_last(300)
+    assert (buffer.start_ms, buffer.end_ms, buffer.duration_ms) == (400, 700, 300)
+    buffer.append(silence(2000))
+    assert (buffer.start_ms, buffer.duration_ms) == (1700, 1000)  # bounded: oldest dropped
+    assert len(buffer.take()) == 48000
+    assert (buffer.start_ms, buffer.duration_ms) == (2700, 0)
+
+
+# --- session flows ------------------------------------------------------------------------
+async def vad_session(turn: dict[str, Any] | None = None,
+                      **kwargs: Any) -> tuple[RealtimeSession, Watcher, ScriptedEngine]:
+    engine = kwargs.pop("engine", None) or ScriptedEngine(transcripts=["what time is it"])
+    session = RealtimeSession(config={"audio": {"input": {"turn_detection": turn or VAD}}},
+                              engine=engine, vad=EnergyVad(), **kwargs)
+    await session.start()
+    watcher = Watcher(session)
+    await watcher.next()
+    return session, watcher, engine
+
+
+def feed(session: RealtimeSession, pcm: bytes) -> None:
+    for frame in frames(pcm):
+        session.feed_audio(frame)
+
+
+@pytest.mark.anyio
+async def test_speech_turn_commits_transcribes_and_answers() -> None:
+    session, watcher, engine = await vad_session()
+    feed(session, silence(500) + tone(1000) + silence(700))
+    started, _ = await watcher.until("input_audio_buffer.speech_started")
+    stopped, _ = await watcher.until("input_audio_buffer.speech_stopped")
+    committed, _ = await watcher.until("input_audio_buffer.committed")
+    item_id = started["item_id"]
+    assert stopped["item_id"] == committed["item_id"] == item_id
+    added, _ = await watcher.until("conversation.item.added")
+    assert added["item"]["id"] == item_id and added["item"]["role"] == "user"
+    assert added["item"]["content"] == [{"type": "input_audio", "transcript": None}]
+    completed, events = await watcher.until(
+        "conversation.item.input_audio_transcription.completed")
+    assert completed["transcript"] == "what time is it" and completed["item_id"] == item_id
+    assert "conversation.item.input_audio_transcription.delta" in Watcher.types(events)
+    done, _ = await watcher.until("response.done")
+    assert done["response"]["status"] == "completed"
+    # The engine heard the speech plus prefix padding and the silence that ended it.
+    heard_ms = len(engine.heard[0]) * 1000 // 48000
+    assert 1000 + 500 <= heard_ms <= 1000 + 300 + 700
+    user = engine.requests[0].conversation[0]
+    assert user["content"][0]["transcript"] == "what time is it"
+    timeline = session.timelines[-1]
+    assert timeline["response_created"] >= 0 and "first_audio_out" in timeline
+    assert "transcript_ready" in timeline
+
+
+@pytest.mark.anyio
+async def test_create_response_false_only_commits() -> None:
+    session, watcher, engine = await vad_session({**VAD, "create_response": False})
+    feed(session, tone(600) + silence(700))
+    await watcher.until("conversation.item.input_audio_transcription.completed")
+    await asyncio.sleep(0.05)
+    assert "response.created" not in Watcher.types(watcher.seen + watcher.pending())
+    assert engine.requests == []
+
+
+@pytest.mark.anyio
+async def test_transcription_failure_is_reported_and_turn_still_answered() -> None:
+    engine = ScriptedEngine(transcripts=["!whisper crashed"])
+    session, watcher, _ = await vad_session(engine=engine)
+    feed(session, tone(600) + silence(700))
+    failed, _ = await watcher.until("conversation.item.input_audio_transcription.failed")
+    assert failed["error"]["message"] == "whisper crashed"
+    done, _ = await watcher.until("response.done")
+    assert done["response"]["status"] == "completed"
+
+
+@pytest.mark.anyio
+async def test_idle_timeout_prompts_a_response() -> None:
+    engine = ScriptedEngine(replies=[[TextDelta("Hello?"), ResponseDone()]])
+    session, watcher, _ = await vad_session({**VAD, "idle_timeout_ms": 600}, engine=engine)
+    session.config["output_modalities"] = ["text"]
+    await session.handle_client_event(json.dumps({"type": "response.create"}))
+    await watcher.until("response.done")
+    feed(session, silence(700))
+    timeout, _ = await watcher.until("input_audio_buffer.timeout_triggered")
+    assert timeout["audio_end_ms"] - timeout["audio_start_ms"] >= 600
+    committed, _ = await watcher.until("input_audio_buffer.committed")
+    assert committed["item_id"] == timeout["item_id"]
+    done, _ = await watcher.until("response.done")
+    assert done["response"]["status"] == "completed"
+
+
+@pytest.mark.anyio
+async def test_manual_turns_when_detection_is_off() -> None:
+    session, watcher, engine = await vad_session()
+    await session.handle_client_event(json.dumps(
+        {"type": "session.update",
+         "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}))
+    updated, _ = await watcher.until("session.updated")
+    assert updated["session"]["audio"]["input"]["turn_detection"] is None
+    await session.handle_client_event(json.dumps({"type": "input_audio_buffer.commit",
+                                                  "event_id": "evt_c"}), watcher.sub)
+    error, _ = await watcher.until("error")
+    assert error["error"]["code"] == "input_audio_buffer_commit_empty"
+    assert error["error"]["event_id"] == "evt_c"
+    feed(session, tone(600) + silence(700))
+    await asyncio.sleep(0.02)
+    assert "input_audio_buffer.speech_started" not in Watcher.types(watcher.pending())
+    await session.handle_client_event(json.dumps({"type": "input_audio_buffer.commit"}))
+    _committed, _ = await watcher.until("input_audio_buffer.committed")
+    await watcher.until("conversation.item.input_audio_transcription.completed")
+    assert len(engine.heard[0]) == 2 * 24000 * 1300 // 1000
+    await asyncio.sleep(0.02)
+    assert engine.requests == []  # nobody asked for a response
+    feed(session, tone(300))
+    await session.handle_client_event(json.dumps({"type": "input_audio_buffer.clear"}))
+    await watcher.until("input_audio_buffer.cleared")
+    assert session.buffer.duration_ms == 0
+
+
+@pytest.mark.anyio
+async def test_semantic_vad_session() -> None:
+    session, watcher, _ = await vad_session({"type": "semantic_vad", "eagerness": "high"})
+    feed(session, tone(500) + silence(400))
+    await watcher.until("input_audio_buffer.speech_stopped")
+    await watcher.until("response.done")
+
+
+@pytest.mark.anyio
+async def test_standalone_append_drives_turns() -> None:
+    import base64
+
+    session, watcher, _ = await vad_session()
+    pcm = silence(200) + tone(700) + silence(800)
+    for start in range(0, len(pcm), 24000):  # 500 ms appends, as a client might send
+        chunk = base64.b64encode(pcm[start:start + 24000]).decode()
+        await session.handle_client_event(json.dumps(
+            {"type": "input_audio_buffer.append", "audio": chunk}))
+    await watcher.until("input_audio_buffer.speech_started")
+    await watcher.until("input_audio_buffer.committed")
+    _done, events = await watcher.until("response.done")
+    assert any(e["type"] == "response.output_audio.delta" for e in events)
+
+
+@pytest.mark.anyio
+async def test_dtmf_event() -> None:
+    session, watcher, _ = await vad_session(call_id="rtc_x", output=None)
+    session.dtmf("5")
+    session.dtmf("x")  # not a DTMF key: ignored
+    session.dtmf("#")
+    first = await watcher.next()
+    second = await watcher.next()
+    assert (first["event"], second["event"]) == ("5", "#")
+    assert first["type"] == "input_audio_buffer.dtmf_event_received"
+    assert "event_id" not in first and isinstance(first["received_at"], int)
+
+
+@pytest.mark.anyio
+async def test_audio_reaches_nothing_while_engine_speaks_for_text_only() -> None:
+    engine = ScriptedEngine(replies=[[TextDelta("a"), AudioDelta(tone(100)), ResponseDone()]])
+    session, watcher, _ = await vad_session(engine=engine)
+    await session.handle_client_event(json.dumps(
+        {"type": "response.create", "response": {"output_modalities": ["text"]}}))
+    _, events = await watcher.until("response.done")
+    assert "response.output_audio.delta" not in Watcher.types(events)
+
+
+@pytest.mark.anyio
+async def test_idle_timeout_counts_from_the_end_of_playback_on_a_call() -> None:
+    from .doubles import FakeLine
+
+    line = FakeLine()
+    engine = ScriptedEngine(replies=[[TextDelta("Hi"), AudioDelta(tone(300)), ResponseDone()],
+                                     [TextDelta("Still there?"), ResponseDone()]])
+    session, watcher, _ = await vad_session({**VAD, "idle_timeout_ms": 400}, engine=engine,
+                                            call_id="rtc_idle", output=line)
+    await session.handle_client_event(json.dumps({"type": "response.create"}))
+    await watcher.until("response.done")
+    feed(session, silence(600))  # still playing: the timeout has not started yet
+    assert "input_audio_buffer.timeout_triggered" not in Watcher.types(watcher.pending())
+    await watcher.until("output_audio_buffer.stopped", timeout=2)
+    feed(session, silence(300))
+    assert "input_audio_buffer.timeout_triggered" not in Watcher.types(watcher.pending())
+    feed(session, silence(200))
+    timeout, _ = await watcher.until("input_audio_buffer.timeout_triggered")
+    assert timeout["audio_end_ms"] - timeout["audio_start_ms"] == 400
+    done, _ = await watcher.until("response.done")
+    assert done["response"]["output"][0]["content"][0]["transcript"] == "Still there?"
