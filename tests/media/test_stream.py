@@ -11,7 +11,6 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
-from test_pacer import run
 
 from callgate.media.codecs import G711Codec
 from callgate.media.pacer import SendTick
@@ -22,6 +21,7 @@ from callgate.media.session import MediaSession
 from callgate.media.srtp import SrtpContext, new_crypto
 from callgate.media.stream import MediaStream
 from callgate.sip.offer_answer import CodecSpec, CryptoSuite, NegotiatedMedia
+from tests.media.test_pacer import run
 
 PCMU = CodecSpec("PCMU", 0, 8000, 1)
 PCMA = CodecSpec("PCMA", 8, 8000, 1)

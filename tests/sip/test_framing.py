@@ -7,7 +7,7 @@ import random
 import pytest
 
 from callgate.sip.message import SipParseError, StreamFramer, parse_message
-from conftest import SHARED
+from tests.conftest import SHARED
 
 
 def message(n: int, body: bytes = b"") -> bytes:

@@ -23,7 +23,7 @@ from callgate.sip.message import (
     parse_uri,
 )
 from callgate.sip.validate import check_request
-from conftest import SHARED
+from tests.conftest import SHARED
 
 FAST = settings(max_examples=250, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -28,7 +28,7 @@ from callgate.sip.message import (
     parse_message,
 )
 from callgate.sip.validate import check_request
-from conftest import SHARED
+from tests.conftest import SHARED
 
 DIR = SHARED / "conformance" / "rfc4475"
 

@@ -1,0 +1,145 @@
+"""The gateway process: SIP transports, media, call control and the HTTP/WebSocket API on one
+asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from callgate.api.app import create_app
+from callgate.api.realtime_ws import make_realtime_router
+from callgate.calls.manager import CallManager
+from callgate.calls.signalling import Signalling
+from callgate.calls.webhook import WebhookSender
+from callgate.config import Settings
+from callgate.engines.base import Engine
+from callgate.engines.registry import create_engine
+from callgate.log import event
+from callgate.media.pacer import SendTick
+from callgate.media.ports import PortPool
+from callgate.realtime.registry import SessionRegistry
+from callgate.sip.endpoint import SipEndpoint
+from callgate.sip.transaction import TimerConfig
+from callgate.sip.transport import SipTransportManager
+
+logger = logging.getLogger("callgate.server")
+
+
+@dataclass
+class Gateway:
+    """Everything one ``callgate serve`` runs; ``start`` binds, ``stop`` winds it all down."""
+
+    settings: Settings
+    sessions: SessionRegistry = field(init=False)
+    sip: SipTransportManager | None = None
+    calls: CallManager | None = None
+    http: uvicorn.Server | None = None
+    http_task: asyncio.Task[None] | None = None
+    sip_addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+    tick: SendTick = field(default_factory=SendTick)
+
+    def __post_init__(self) -> None:
+        self.sessions = SessionRegistry(self.engine_for)
+
+    async def engine_for(self, model: str) -> Engine:
+        return await create_engine(model, self.settings)
+
+    async def start(self) -> None:
+        s = self.settings
+        tls = _tls_context(s)
+        webhooks = (WebhookSender(s.webhook_url, s.webhook_secret, timeout=s.webhook_timeout)
+                    if s.webhook_url else None)
+        low, high = s.rtp_port_range
+        self.calls = CallManager(s, sessions=self.sessions, engine_factory=self.engine_for,
+                                 port_pool=PortPool(low, high), tick=self.tick,
+                                 webhooks=webhooks)
+        endpoint = SipEndpoint(timers=TimerConfig(t1=s.sip_t1, t2=s.sip_t2, t4=s.sip_t4,
+                                                  timer_d=64 * s.sip_t1))
+        signalling: Signalling | None = None
+
+        def on_event(ev: object) -> None:
+            assert signalling is not None
+            signalling.on_event(ev)  # type: ignore[arg-type]
+
+        self.sip = SipTransportManager(endpoint, on_event, max_message_size=s.max_message_size)
+        self.sip_addresses["udp"] = await self.sip.listen_udp(s.sip_host, s.sip_port)
+        # TCP shares the UDP port number (RFC 3261 §18.2.1), also when the port was 0 = any.
+        self.sip_addresses["tcp"] = await self.sip.listen_tcp(s.sip_host,
+                                                              self.sip_addresses["udp"][1])
+        if tls is not None:
+            self.sip_addresses["tls"] = await self.sip.listen_tls(s.sip_host, s.sip_tls_port, tls)
+        if s.public_ip:
+            for name, (_, port) in self.sip_addresses.items():
+                endpoint.sent_by[name] = (s.public_ip, port)
+        signalling = Signalling(self.calls, self.sip, contact_ports={
+            name: addr[1] for name, addr in self.sip_addresses.items()})
+
+        app = create_app(s, self.calls, extra_routers=[
+            make_realtime_router(self.sessions, s, self.engine_for)])
+        config = uvicorn.Config(
+            app, host=s.http_host, port=s.http_port, ws="websockets-sansio", lifespan="off",
+            log_config=None, access_log=False,
+            ssl_certfile=str(s.tls_cert) if s.tls_cert else None,
+            ssl_keyfile=str(s.tls_key) if s.tls_key else None)
+        self.http = _HttpServer(config)
+        self.http_task = asyncio.create_task(self.http.serve(), name="http")
+        while not self.http.started:
+            if self.http_task.done():
+                self.http_task.result()  # raises the bind error
+                raise OSError(f"cannot serve HTTP on {s.http_host}:{s.http_port}")
+            await asyncio.sleep(0.01)
+        event(logger, "gateway.started", project_id=s.project_id,
+              sip=" ".join(f"{n}:{a[0]}:{a[1]}" for n, a in self.sip_addresses.items()),
+              http=f"{'https' if s.tls_cert else 'http'}://{s.http_host}:{s.http_port}",
+              webhook=",".join(s.webhook_url) or "none (auto-accept)",
+              default_model=s.default_model)
+
+    async def stop(self) -> None:
+        if self.calls is not None:
+            await self.calls.close()
+        if self.http is not None:
+            self.http.should_exit = True
+            if self.http_task is not None:
+                await self.http_task
+        await self.sessions.close_all()
+        self.tick.stop()
+        if self.sip is not None:
+            await self.sip.close()
+        event(logger, "gateway.stopped")
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn inside our loop: the gateway, not uvicorn, owns SIGINT/SIGTERM, so calls are
+    hung up cleanly before the API goes away."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+async def run(settings: Settings) -> None:
+    gateway = Gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+        await stop.wait()
+    finally:
+        await gateway.stop()

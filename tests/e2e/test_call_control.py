@@ -1,0 +1,124 @@
+"""Call control end to end: a webhook receiver using only the ``openai`` SDK drives SIPp calls."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.e2e.harness import callgate, sipp
+from tests.e2e.receiver import SECRET, Receiver
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "sk-callgate-test"
+
+
+def _gateway(tmp_path: Path, receiver_port: int, **extra: str):  # type: ignore[no-untyped-def]
+    return callgate(tmp_path, webhook_url=f"http://127.0.0.1:{receiver_port}/hook",
+                    webhook_secret=SECRET, api_key=API_KEY, default_model="echo", **extra)
+
+
+def _run(tmp_path: Path, scenario: str, action, **extra: str):  # type: ignore[no-untyped-def]
+    receiver = Receiver("http://placeholder/v1", action, api_key=API_KEY)
+    with _gateway(tmp_path, receiver.port, **extra) as gw:
+        receiver.client = receiver.client.with_options(base_url=f"{gw.http}/v1")
+        with receiver:
+            result = sipp(gw, scenario, tmp_path, timeout=40)
+        return gw, receiver, result
+
+
+def test_accept_answers_the_call(tmp_path: Path) -> None:
+    def accept(client: openai.OpenAI, call_id: str) -> None:
+        client.realtime.calls.accept(call_id, type="realtime", model="gpt-realtime",
+                                     instructions="You are a test line.")
+
+    _, receiver, result = _run(tmp_path, "uac_basic", accept)
+    assert result.returncode == 0, result.output
+    assert not receiver.errors
+    [event] = receiver.events
+    assert event.data.call_id.startswith("rtc_")
+    names = {h.name for h in event.data.sip_headers}
+    assert {"From", "To", "Call-ID", "X-Test-Case"} <= names
+
+
+def test_reject_with_486(tmp_path: Path) -> None:
+    def reject(client: openai.OpenAI, call_id: str) -> None:
+        client.realtime.calls.reject(call_id, status_code=486)
+
+    _, receiver, result = _run(tmp_path, "uac_rejected", reject)
+    assert result.returncode == 0, result.output
+    assert not receiver.errors
+
+
+def test_refer_sends_sip_refer(tmp_path: Path) -> None:
+    def accept_then_refer(client: openai.OpenAI, call_id: str) -> None:
+        client.realtime.calls.accept(call_id, type="realtime", model="echo")
+        time.sleep(0.5)
+        client.realtime.calls.refer(call_id, target_uri="tel:+14155550123")
+
+    gw, receiver, result = _run(tmp_path, "uac_refer", accept_then_refer)
+    assert result.returncode == 0, result.output
+    assert not receiver.errors
+    assert any("transferred" in line for line in gw.events("call.state"))
+
+
+def test_hangup_sends_bye(tmp_path: Path) -> None:
+    def accept_then_hangup(client: openai.OpenAI, call_id: str) -> None:
+        client.realtime.calls.accept(call_id, type="realtime", model="echo")
+        time.sleep(0.5)
+        client.realtime.calls.hangup(call_id)
+        client.realtime.calls.hangup(call_id)  # a retry changes nothing
+
+    _, receiver, result = _run(tmp_path, "uac_wait_bye", accept_then_hangup)
+    assert result.returncode == 0, result.output
+    assert not receiver.errors
+
+
+def test_errors_have_openai_shapes(tmp_path: Path) -> None:
+    outcomes: dict[str, object] = {}
+
+    def probe(client: openai.OpenAI, call_id: str) -> None:
+        for name, call in {
+            "unknown_call": lambda: client.realtime.calls.accept("rtc_nope", type="realtime"),
+            "unknown_model": lambda: client.realtime.calls.accept(call_id, type="realtime",
+                                                                  model="no-such-model"),
+            "bad_key": lambda: client.with_options(api_key="wrong").realtime.calls.hangup(call_id),
+        }.items():
+            try:
+                call()
+            except openai.APIStatusError as exc:
+                outcomes[name] = exc
+        client.realtime.calls.accept(call_id, type="realtime", model="echo")
+        client.realtime.calls.accept(call_id, type="realtime", model="echo")  # replay: fine
+        try:
+            client.realtime.calls.reject(call_id, status_code=486)
+        except openai.APIStatusError as exc:
+            outcomes["reject_after_accept"] = exc
+
+    _, receiver, result = _run(tmp_path, "uac_basic", probe)
+    assert result.returncode == 0, result.output
+    assert not receiver.errors
+    assert isinstance(outcomes["unknown_call"], openai.NotFoundError)
+    assert isinstance(outcomes["unknown_model"], openai.BadRequestError)
+    assert "echo" in str(outcomes["unknown_model"])
+    assert isinstance(outcomes["bad_key"], openai.AuthenticationError)
+    assert isinstance(outcomes["reject_after_accept"], openai.ConflictError)
+
+
+@pytest.mark.parametrize("behaviour", ["500", "down"])
+def test_broken_receiver_does_not_leak_the_call(tmp_path: Path, behaviour: str) -> None:
+    # Nobody accepts: after the accept timeout the caller gets 480 and the call is gone.
+    receiver = Receiver("http://unused/v1", lambda client, call_id: None, status=500)
+    port = receiver.port if behaviour == "500" else 9
+    with _gateway(tmp_path, port, accept_timeout="2") as gw:
+        if behaviour == "500":
+            with receiver:
+                result = sipp(gw, "uac_unanswered", tmp_path, timeout=20)
+            assert len(receiver.events) >= 2  # retried with backoff while ringing
+        else:
+            result = sipp(gw, "uac_unanswered", tmp_path, timeout=20)
+        assert result.returncode == 0, result.output
+        assert any("new=timed_out" in line for line in gw.events("call.state"))
