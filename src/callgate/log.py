@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Any
 
-_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+# Standard LogRecord attributes, plus uvicorn's ANSI-coloured duplicate of its message.
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"color_message"}
 
 
 def _quote(value: object) -> str:
