@@ -43,6 +43,31 @@ class _Message:
     _cache_headers: Headers | None
     _cache_rev: int
 
+    def __init__(self, headers: Headers | None, body: bytes, version: str) -> None:
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+        self.version = version
+        self._lenient = False
+        self._cache = {}
+        self._cache_headers = None
+        self._cache_rev = -1
+
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def _key(self) -> tuple[object, ...]:
+        """The start-line fields that, with headers and body, make two messages equal."""
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _Message)
+        return (self._key(), self.version, self.headers, self.body) == (
+            other._key(), other.version, other.headers, other.body)
+
+    __hash__ = None  # type: ignore[assignment]
+
     def _view(self, name: str, build: Callable[[], _T]) -> _T:
         h = self.headers
         if self._cache_headers is not h or self._cache_rev != h._rev:
@@ -179,26 +204,15 @@ class _Message:
 class Request(_Message):
     def __init__(self, method: str, uri: SipUri | AbsoluteUri, headers: Headers | None = None,
                  body: bytes = b"", version: str = "SIP/2.0") -> None:
+        super().__init__(headers, body, version)
         self.method = method
         self.uri = uri
-        self.headers = headers if headers is not None else Headers()
-        self.body = body
-        self.version = version
-        self._lenient = False
-        self._cache = {}
-        self._cache_headers = None
-        self._cache_rev = -1
 
     def _start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Request):
-            return NotImplemented
-        return (self.method, self.uri, self.version, self.headers, self.body) == (
-            other.method, other.uri, other.version, other.headers, other.body)
-
-    __hash__ = None  # type: ignore[assignment]
+    def _key(self) -> tuple[object, ...]:
+        return (self.method, self.uri)
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri} ({len(self.headers)} headers)>"
@@ -207,26 +221,15 @@ class Request(_Message):
 class Response(_Message):
     def __init__(self, status: int, reason: str | None = None, headers: Headers | None = None,
                  body: bytes = b"", version: str = "SIP/2.0") -> None:
+        super().__init__(headers, body, version)
         self.status = status
         self.reason = reason_phrase(status) if reason is None else reason
-        self.headers = headers if headers is not None else Headers()
-        self.body = body
-        self.version = version
-        self._lenient = False
-        self._cache = {}
-        self._cache_headers = None
-        self._cache_rev = -1
 
     def _start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Response):
-            return NotImplemented
-        return (self.status, self.reason, self.version, self.headers, self.body) == (
-            other.status, other.reason, other.version, other.headers, other.body)
-
-    __hash__ = None  # type: ignore[assignment]
+    def _key(self) -> tuple[object, ...]:
+        return (self.status, self.reason)
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason} ({len(self.headers)} headers)>"
