@@ -330,6 +330,32 @@ def test_stalled_tick_resynchronises() -> None:
     assert jb.delay_ms < 80
 
 
+def test_a_stalled_loop_does_not_leave_the_buffer_deaf() -> None:
+    # Found on a live baresip call: the loop blocked ~150 ms (a model loading); at its end
+    # the tick fired its catch-up ticks before the datagrams queued meanwhile were read.
+    # The playout point then ran ahead of every later packet: all "late", never played.
+    jb = JitterBuffer(8000, 20, 40, 200)
+    stall_from, stall_to = 3.0, 3.15
+    events = []
+    for k in range(400):
+        for kind, at in ((0, k * FRAME), (1, k * FRAME + 0.001)):  # 0: a tick, 1: a packet
+            if stall_from < at < stall_to:
+                if kind == 0 and at < stall_to - 3 * FRAME:
+                    continue  # the pacer skips ticks more than three behind
+                at = stall_to  # what fell due in the stall happens at its end, ticks first
+            events.append((at, kind, k))
+    played: list[int] = []
+    for at, kind, k in sorted(events):
+        if kind == 1:
+            jb.put(packet(k), at)
+        elif (item := jb.pop(at)) is not None and item is not LOST:
+            played.append(index(item))
+    assert jb.late <= 12, jb.stats
+    # Within a second the stream plays again, every packet in order.
+    assert played[-100:] == list(range(played[-1] - 99, played[-1] + 1)), jb.stats
+    assert played[-1] >= 390
+
+
 def test_rejects_bad_parameters() -> None:
     with pytest.raises(ValueError):
         JitterBuffer(0)

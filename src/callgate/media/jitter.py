@@ -365,6 +365,13 @@ class JitterBuffer:
                 return None
             if self._seqs[head] == self._next_seq + 1:
                 self.recovery = packet
+        elif e < -0.5:
+            # Empty, and the playout point is already ahead of the target (catch-up ticks
+            # right after a resync, before the datagrams queued meanwhile are read): this
+            # frame is not due yet. Moving on would put the point ahead of every packet still
+            # to come, so each would be late, the buffer would stay empty, and nothing could
+            # pull the point back: the caller would go unheard for the rest of the call.
+            return None
         elif self._conceal_run >= self.max_conceal_frames:
             self._next_ts += frame  # the source went quiet: silence, not endless concealment
             return None
