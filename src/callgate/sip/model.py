@@ -52,9 +52,6 @@ class _Message:
         self._cache_headers = None
         self._cache_rev = -1
 
-    def _start_line(self) -> str:
-        raise NotImplementedError
-
     def _key(self) -> tuple[object, ...]:
         """The start-line fields that, with headers and body, make two messages equal."""
         raise NotImplementedError
