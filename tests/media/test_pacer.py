@@ -31,6 +31,10 @@ class Client:
     def __init__(self, work: Callable[[], None] | None = None) -> None:
         self.times: list[float] = []
         self._work = work
+        self.sends = 0
+
+    def send_due(self, now: float) -> None:
+        self.sends += 1
 
     def on_tick(self, now: float) -> None:
         self.times.append(now)
@@ -289,3 +293,27 @@ def test_skip_several_frames_at_once() -> None:
     s.skip(10)
     b = parse_rtp(s.packet())
     assert (b.timestamp - a.timestamp) & 0xFFFFFFFF == 11 * 160
+
+
+def test_every_packet_leaves_before_any_receive_work() -> None:
+    order: list[str] = []
+
+    class Phased:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def send_due(self, now: float) -> None:
+            order.append(f"send {self.name}")
+
+        def on_tick(self, now: float) -> None:
+            order.append(f"tick {self.name}")
+
+    async def main() -> None:
+        tick = SendTick()
+        for name in ("a", "b", "c"):
+            tick.register(Phased(name))
+        await asyncio.sleep(0.03)
+        tick.stop()
+
+    run(main())
+    assert order[:6] == ["send a", "send b", "send c", "tick a", "tick b", "tick c"]

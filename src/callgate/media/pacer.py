@@ -48,7 +48,12 @@ _DTMF_GAP_TICKS = 2       # audio frames between two telephone-events
 
 
 class TickClient(Protocol):
-    """What the tick drives: a media stream's per-20 ms work (pop, decode, encode, send)."""
+    """What the tick drives, in two phases: every client's ``send_due`` (put the packet
+    prepared since the last tick on the wire) runs before any client's ``on_tick`` (pop,
+    decode, hand audio up). Otherwise the last call's packet would leave only after every other
+    call's receive work, and pacing error would grow with the number of calls."""
+
+    def send_due(self, now: float) -> None: ...
 
     def on_tick(self, now: float) -> None: ...
 
@@ -226,13 +231,15 @@ class SendTick:
         self._error_count += 1
         self.ticks += 1
         self._n += 1
-        for client in self._clients:
-            try:
-                client.on_tick(now)
-            except Exception:
-                # One broken stream must not stop the audio of every other call.
-                self.client_errors += 1
-                logger.exception("media.tick.client_error")
+        clients = self._clients
+        for phase in ("send_due", "on_tick"):
+            for client in clients:
+                try:
+                    getattr(client, phase)(now)
+                except Exception:
+                    # One broken stream must not stop the audio of every other call.
+                    self.client_errors += 1
+                    logger.exception("media.tick.client_error")
         self.busy_seconds += time.monotonic() - now
 
     # -- statistics ---------------------------------------------------------------------------

@@ -308,20 +308,19 @@ class MediaSession:
     # -- the tick -----------------------------------------------------------------------------
 
     def on_tick(self, now: float) -> None:
-        """Once per shared 20 ms tick: one frame to ``on_audio``, one packet out."""
-        codec = self._codec
-        if codec is None:
+        """Once per 20 ms outside the shared tick (tests, a lone stream): both phases."""
+        self.send_due(now)
+        self.receive_due(now)
+
+    def send_due(self, now: float) -> None:
+        """The send phase of a tick: one packet out (before any call's receive work)."""
+        if self._codec is None:
             return
         last, self._last_tick = self._last_tick, now
         if last and now - last > 0.030:
             # Ticks were skipped (a stalled loop): the RTP clock must still say how much time
             # passed, so the far end sees a gap rather than audio arriving ever later.
             self._sender.skip(min(round((now - last) / 0.020) - 1, 500))
-        if self._receiving:
-            self._play(codec, now)
-            deadline = self._dtmf_rx.deadline()
-            if deadline is not None and now >= deadline:
-                self._deliver_dtmf(self._dtmf_rx.poll(now))
         remote = self._remote
         if self._sending and remote is not None:
             data = self._sender.packet()
@@ -335,6 +334,16 @@ class MediaSession:
             self._sender.skip()  # hold, or nowhere to send yet: media time runs on
         if now >= self._next_rtcp:
             self.send_rtcp(now)
+
+    def receive_due(self, now: float) -> None:
+        """The receive phase: one frame to ``on_audio`` (concealed on loss), DTMF timeouts."""
+        codec = self._codec
+        if codec is None or not self._receiving:
+            return
+        self._play(codec, now)
+        deadline = self._dtmf_rx.deadline()
+        if deadline is not None and now >= deadline:
+            self._deliver_dtmf(self._dtmf_rx.poll(now))
 
     def _play(self, codec: Codec, now: float) -> None:
         jitter = self._jitter

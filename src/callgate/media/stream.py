@@ -120,8 +120,11 @@ class MediaStream:
 
         self._resolve = asyncio.get_running_loop().create_task(resolve())
 
+    def send_due(self, now: float) -> None:
+        self.session.send_due(now)
+
     def on_tick(self, now: float) -> None:
-        self.session.on_tick(now)
+        self.session.receive_due(now)
 
     def _transmit(self, data: bytes, addr: Address, rtcp: bool) -> None:
         transport = self._rtcp if rtcp else self._rtp
