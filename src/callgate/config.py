@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     codecs: Annotated[list[str], NoDecode] = Field(["PCMU", "PCMA", "G722", "opus"],
                               description="Codec preference list for SDP answers and offers.")
     symmetric_rtp: bool = Field(True, description="Latch RTP to the first valid source address.")
+    media_timeout: float = Field(60.0, ge=0, description="End an answered call whose caller "
+                                 "sent no RTP for this long while not on hold (s; 0: never).")
     jitter_min_ms: int = Field(40, ge=0, description="Jitter buffer minimum depth.")
     jitter_max_ms: int = Field(200, ge=20, description="Jitter buffer maximum depth.")
 

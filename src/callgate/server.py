@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -21,6 +22,8 @@ from callgate.calls.webhook import WebhookSender
 from callgate.config import Settings
 from callgate.engines.base import Engine
 from callgate.engines.registry import create_engine
+from callgate.engines.threads import run_blocking
+from callgate.engines.vad import load_silero_model
 from callgate.log import event
 from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool
@@ -51,8 +54,29 @@ class Gateway:
     async def engine_for(self, model: str) -> Engine:
         return await create_engine(model, self.settings)
 
+    async def preload(self) -> None:
+        """Load the models the first call will need, before calls arrive.
+
+        Loading them on the first call stalls the loop (Whisper's load holds the GIL for
+        ~0.1 s), which costs every call in progress packets. The model that first call uses is
+        the default session's without a webhook, else the default engine's (OpenAI model names
+        resolve to it)."""
+        s = self.settings
+        model = s.default_session.get("model") if not s.webhook_url else s.default_model
+        started = time.monotonic()
+        event(logger, "engines.preloading", model=model)
+        await run_blocking(load_silero_model)
+        engine = await self.engine_for(str(model or s.default_model))
+        try:
+            await engine.start(s.default_session)
+        finally:
+            await engine.aclose()
+        event(logger, "engines.preloaded", model=model,
+              ms=round((time.monotonic() - started) * 1000))
+
     async def start(self) -> None:
         s = self.settings
+        await self.preload()
         tls = _tls_context(s)
         webhooks = (WebhookSender(s.webhook_url, s.webhook_secret, timeout=s.webhook_timeout)
                     if s.webhook_url else None)

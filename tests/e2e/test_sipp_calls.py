@@ -87,3 +87,13 @@ def test_call_limit_answers_503_with_retry_after(tmp_path: Path) -> None:
         result = sipp(gw, "uac_wait_caller_bye_long", tmp_path, calls=3, rate=50)
         assert result.successful == 1 and result.failed == 2, result.output
         assert len(gw.events("sip.overload")) == 2
+
+
+def test_silent_caller_is_hung_up_after_media_timeout(tmp_path: Path) -> None:
+    # SIPp sends no RTP at all: after media_timeout seconds callgate ends the call with BYE.
+    with callgate(tmp_path, media_timeout="2") as gw:
+        started = time.monotonic()
+        result = sipp(gw, "uac_wait_bye", tmp_path, timeout=20)
+        assert result.returncode == 0, result.output
+        assert 2.0 <= time.monotonic() - started < 15
+        assert gw.events("call.media_timeout")

@@ -198,12 +198,30 @@ class CallManager:
             headers=self._sig().answer_headers(call))
         self._sig().answered(call, response)
         call.move(CallState.ACCEPTED, "accepted")
+        self._watch_media(call, -1)
         try:
             await self._start_session(call, session, engine, media)
         except Exception as exc:
             logger.exception("session start failed", extra={"call_id": call.id})
             self.end(call, "session start failed", send_bye=True)
             raise CallFailed(f"Could not start the session: {exc}") from None
+
+    def _watch_media(self, call: Call, seen: int) -> None:
+        """A caller that vanished without a BYE (crashed phone, lost NAT binding) would hold
+        its call forever: end it once no RTP came for ``media_timeout`` seconds, unless the
+        call is on hold and silence is what was asked for."""
+        timeout = self.settings.media_timeout
+        if timeout <= 0 or call.state.is_final or call.media is None:
+            return
+        received = call.media.session.packets_in
+        listening = call.negotiated is not None and call.negotiated.direction in (
+            "sendrecv", "recvonly")
+        if received == seen and listening and call.state is CallState.ACTIVE:
+            event(logger, "call.media_timeout", logging.WARNING, call_id=call.id,
+                  seconds=timeout, packets_in=received)
+            self.end(call, f"no RTP for {timeout:g}s", send_bye=True)
+            return
+        call.arm("media_watch", timeout, self._watch_media, call, received)
 
     def _local_sdp(self, call: Call, port: int) -> bytes:
         prefs = self.settings.codecs
