@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -16,11 +17,12 @@ from typing import Any
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"color_message"}
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=]|^$')
+
+
 def _quote(value: object) -> str:
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n\r\t'):
-        return json.dumps(text)
-    return text
+    return json.dumps(text) if _NEEDS_QUOTES.search(text) else text
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -48,9 +50,18 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")}
 
 
+class _RefusedHandshakeNoise(logging.Filter):
+    """uvicorn's websockets-sansio protocol logs every WebSocket refused at the handshake
+    (our 401/404 answers, by design) as an ASGI error; keep those lines out of the error log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing handshake" not in record.getMessage()
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    handler.addFilter(_RefusedHandshakeNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
