@@ -8,7 +8,7 @@ from callgate.config import ModelRoute, Settings
 from callgate.engines.echo import EchoEngine
 from callgate.engines.local import LocalEngine
 from callgate.engines.openai_compat import OpenAICompatEngine
-from callgate.engines.registry import UnknownModel, create_engine
+from callgate.engines.registry import ENGINE_FACTORIES, UnknownModel, create_engine
 
 
 def _settings() -> Settings:
@@ -43,6 +43,8 @@ def test_an_unknown_name_is_refused_with_the_known_ones() -> None:
     assert "compat" in info.value.known
 
 
-def test_a_route_to_an_engine_this_build_lacks_is_refused() -> None:
+def test_a_route_to_an_engine_this_build_lacks_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(ENGINE_FACTORIES, "realtime")
     with pytest.raises(UnknownModel, match="'realtime' engine"):
         asyncio.run(create_engine("upstream", _settings()))

@@ -42,10 +42,19 @@ async def _openai_compatible(settings: Settings, route: ModelRoute) -> Engine:
     return OpenAICompatEngine(settings, route)
 
 
+async def _realtime(settings: Settings, route: ModelRoute) -> Engine:
+    from callgate.engines.upstream import UpstreamRealtimeEngine
+
+    engine = UpstreamRealtimeEngine(route)
+    await engine.connect()  # before the call is answered: a dead upstream fails the accept
+    return engine
+
+
 ENGINE_FACTORIES: dict[str, EngineFactory] = {
     "echo": _echo,
     "local": _local,
     "openai-compatible": _openai_compatible,
+    "realtime": _realtime,
 }
 
 

@@ -33,6 +33,7 @@ from callgate.realtime import client_events
 from callgate.realtime.items import Conversation
 from callgate.realtime.playback import LinePlayback
 from callgate.realtime.protocol import ProtocolError, new_id, parse_client_event, validate_session
+from callgate.realtime.relay import Relay, RelayEngine
 from callgate.realtime.responses import (
     AudioOutput,
     ResponseParams,
@@ -83,6 +84,9 @@ class RealtimeSession:
         self.active: ResponseRun | None = None
         self.line = (LinePlayback(output, self.conversation, self.emit, self.spawn,
                                   self._quiet) if output is not None else None)
+        # An engine speaking the protocol itself (an upstream Realtime server) gets the
+        # client events and its server events pass through: see realtime/relay.py.
+        self.relay = Relay(self, engine) if isinstance(engine, RelayEngine) else None
         self._subscribers: list[Subscription] = []
         self._speech_item: str | None = None
         self._next_timeline: Timeline | None = None
@@ -158,7 +162,11 @@ class RealtimeSession:
         try:
             if self.closed:
                 raise ProtocolError("The session has ended.", code="session_closed")
-            await client_events.dispatch(self, parse_client_event(raw))
+            ev = parse_client_event(raw)
+            if self.relay is not None:
+                self.relay.client_event(ev)
+            else:
+                await client_events.dispatch(self, ev)
         except ProtocolError as err:
             if subscriber is not None:
                 subscriber.put(err.to_event())
@@ -373,6 +381,9 @@ class RealtimeSession:
         """Relay what a duplex engine says on its own, as responses of this session."""
         try:
             async for ev in self.engine.events():
+                if self.relay is not None:
+                    self.relay.engine_event(ev)
+                    continue
                 if isinstance(ev, RelayedEvent):
                     self.emit(dict(ev.event))
                     continue
