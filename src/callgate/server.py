@@ -62,15 +62,23 @@ class Gateway:
         the default session's without a webhook, else the default engine's (OpenAI model names
         resolve to it)."""
         s = self.settings
-        model = s.default_session.get("model") if not s.webhook_url else s.default_model
+        model = str((s.default_session.get("model") if not s.webhook_url else None)
+                    or s.default_model)
+        resolved = s.resolve_model(model)
+        if resolved is None or resolved[1].engine not in ("local", "openai-compatible"):
+            return  # nothing heavy to load (echo), or a remote server's own business
         started = time.monotonic()
         event(logger, "engines.preloading", model=model)
-        await run_blocking(load_silero_model)
-        engine = await self.engine_for(str(model or s.default_model))
         try:
-            await engine.start(s.default_session)
-        finally:
-            await engine.aclose()
+            await run_blocking(load_silero_model)
+            engine = await self.engine_for(model)
+            try:
+                await engine.start(s.default_session)
+            finally:
+                await engine.aclose()
+        except Exception as exc:  # the first call reports it properly; serving goes on
+            event(logger, "engines.preload_failed", logging.WARNING, model=model, error=str(exc))
+            return
         event(logger, "engines.preloaded", model=model,
               ms=round((time.monotonic() - started) * 1000))
 

@@ -175,6 +175,8 @@ class CallManager:
             engine = await self.engine_factory(model)
         except ValueError as exc:
             raise InvalidCallRequest(str(exc), param="model") from None
+        except Exception as exc:  # e.g. an upstream Realtime server that is down
+            raise CallFailed(f"The model {model!r} is not available: {exc}") from None
         media: MediaStream | None = None
         try:
             media = await MediaStream.open(
