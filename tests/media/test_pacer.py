@@ -317,3 +317,26 @@ def test_every_packet_leaves_before_any_receive_work() -> None:
 
     run(main())
     assert order[:6] == ["send a", "send b", "send c", "tick a", "tick b", "tick c"]
+
+
+def test_audio_streamed_in_real_time_plays_without_holes() -> None:
+    # Found with baresip: a bursty outbound resampler let the queue run dry between bursts,
+    # and the sender slipped a comfort-silence frame into the middle of speech.
+    import numpy as np
+
+    from callgate.media.codecs import G711Codec
+    from callgate.media.pacer import PacedSender
+    from callgate.media.rtp import parse_rtp
+
+    codec = G711Codec("PCMU")
+    sender = PacedSender()
+    sender.configure(codec, 0, None, 24000)
+    t = np.arange(480) / 24000
+    tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()  # 20 ms at 24 kHz
+    loud = []
+    for _ in range(100):
+        sender.queue_audio(tone)
+        pcm = np.frombuffer(codec.decode(parse_rtp(sender.packet()).payload), dtype="<i2")
+        loud.append(float(np.abs(pcm.astype(float)).mean()) > 1000)
+    first = loud.index(True)
+    assert first <= 3 and all(loud[first:]), loud

@@ -199,7 +199,9 @@ class Signalling:
             return
         call = Call(id=new_call_id(), invite=request, tx_key=rx.tx_key, addr=rx.addr,
                     transport=rx.transport, local_tag=new_tag(),
-                    local_contact=self._contact(local_ip, rx.transport), local_ip=local_ip,
+                    local_contact=self._contact(local_ip, rx.transport,
+                                                secure=request.uri.scheme == "sips"),
+                    local_ip=local_ip,
                     offer=offer, timer=timer)
         self.by_invite[rx.tx_key] = call
         self.by_dialog[(request.call_id, call.local_tag)] = call
@@ -213,11 +215,13 @@ class Signalling:
         call.move(CallState.RINGING, "180 sent")
         self.calls.offer_call(call)
 
-    def _contact(self, ip: str, transport: str) -> str:
+    def _contact(self, ip: str, transport: str, *, secure: bool) -> str:
         host = f"[{ip}]" if ":" in ip else ip
         port = self.contact_ports.get(transport, self.settings.sip_port)
-        param = "" if transport == "udp" else f";transport={transport.upper()}"
-        scheme = "sips" if transport == "tls" else "sip"
+        param = "" if transport == "udp" else f";transport={transport}"
+        # RFC 3261 §12.1.1: a SIPS Contact only when the request went to a SIPS URI; OpenAI's
+        # trunks dial sip:…;transport=tls, and phones that get sips: back can't ACK it.
+        scheme = "sips" if secure and transport == "tls" else "sip"
         return f"<{scheme}:{self.settings.project_id}@{host}:{port}{param}>"
 
     def _on_cancel(self, cancel: ev.CancelReceived) -> None:

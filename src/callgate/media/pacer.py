@@ -304,9 +304,10 @@ class PacedSender:
         if codec is not self._codec or self._resampler is None or (
                 self._resampler.in_rate != pcm_rate):
             self._fifo.clear()
-            # Outbound audio comes faster than real time and waits in the queue anyway, so
-            # the resampler's cheaper bursty mode suits it (see resample.py).
-            self._resampler = Resampler(pcm_rate, codec.sample_rate, steady=False)
+            # The steady mode, not the cheaper bursty one: audio that arrives in real time
+            # (echo, an upstream Realtime server) would otherwise run dry in the bursts'
+            # gaps and get a comfort-silence frame in the middle of speech (see resample.py).
+            self._resampler = Resampler(pcm_rate, codec.sample_rate)
         if codec is not self._codec:
             self._codec = codec
             self._frame = 2 * codec.frame_samples
