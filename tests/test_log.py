@@ -38,8 +38,8 @@ def test_json_lines(lines) -> None:  # type: ignore[no-untyped-def]
 
 def test_refused_handshake_noise_is_dropped(lines) -> None:  # type: ignore[no-untyped-def]
     log.setup("info", "text")
-    logging.getLogger("uvicorn.error").error("ASGI callable returned without completing "
+    logging.getLogger("callgate.test").error("ASGI callable returned without completing "
                                              "handshake.")
-    logging.getLogger("uvicorn.error").error("something real")
+    logging.getLogger("callgate.test").error("something real")
     output = lines()
     assert len(output) == 1 and "something real" in output[0]
