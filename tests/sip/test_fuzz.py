@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from callgate.sip.message import (
     NameAddr,
     Request,
-    Response,
     SipParseError,
     SipUri,
     StreamFramer,
@@ -24,6 +23,7 @@ from callgate.sip.message import (
 )
 from callgate.sip.validate import check_request
 from tests.conftest import SHARED
+from tests.sip.test_rfc4475 import assert_round_trip
 
 FAST = settings(max_examples=250, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -85,21 +85,6 @@ def exercise(data: bytes) -> None:
                       accepted_types=frozenset({"application/sdp"}))
         make_response(message, 200, to_tag="x").to_bytes()
     assert_round_trip(message)
-
-
-def assert_round_trip(message: Request | Response) -> None:
-    wire = message.to_bytes()
-    again = parse_message(wire)
-    assert again.to_bytes() == wire
-    assert again.body == message.body
-    assert [h for h in again.headers if h[0] != "Content-Length"] == [
-        h for h in message.headers if h[0] != "Content-Length"]
-    if isinstance(message, Request):
-        assert isinstance(again, Request)
-        assert (again.method, again.uri) == (message.method, message.uri)
-    else:
-        assert isinstance(again, Response)
-        assert (again.status, again.reason) == (message.status, message.reason)
 
 
 @FAST
