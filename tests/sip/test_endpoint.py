@@ -604,3 +604,17 @@ def test_rfc4475_torture_messages_never_crash_or_leak() -> None:
     assert ep.stats["parse_errors"] > 10
     run_timers(ep, 1000.0)
     assert len(ep.transactions) == 0 and not ep.pending_acks
+
+
+def test_invite_retransmitted_after_the_2xx_opens_no_second_call() -> None:
+    # RFC 6026 §7.1: in Accepted, a retransmitted INVITE is absorbed (the TU's 2xx
+    # retransmissions answer it); it must never surface as a new request.
+    ep = new_endpoint()
+    ev = incoming(ep)
+    ep.datagrams_to_send()
+    assert ep.send_response(ev.tx_key, make_response(ev.request, 200, to_tag="uas1"), 0.1)
+    ep.datagrams_to_send()
+    for at in (0.6, 1.1, 2.5, 20.0, 31.0):
+        ep.receive(msg(), PEER, "udp", at)
+        ep.handle_timer(at)
+        assert not [e for e in drain(ep) if type(e).__name__ == "RequestReceived"], at
