@@ -33,8 +33,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
+# Timing-precision tests first, in a process of their own; then everything else.
 pytest: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m timing
+	$(BIN)/python -m pytest -q -m "not timing"
 
 test: system-deps lint typecheck pytest
 

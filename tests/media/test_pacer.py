@@ -17,6 +17,10 @@ from callgate.media.pacer import PacedSender, SendTick
 from callgate.media.rtp import parse_rtp
 from callgate.sip.offer_answer import CodecSpec
 
+# Wall-clock precision is measured here: `make test` runs these first, in a process of their
+# own, before other suites have loaded models whose worker threads compete for the 2 cores.
+pytestmark = pytest.mark.timing
+
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run on uvloop when it is importable (the production loop), else stock asyncio."""
