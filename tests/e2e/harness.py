@@ -16,27 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from bench.common import free_port
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 PROJECT_ID = "proj_test"
-
-
-def free_port(kind: int = socket.SOCK_DGRAM, both: bool = True) -> int:
-    """A port free for UDP and TCP on 127.0.0.1 (SIP listens on both with one number)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
-        if not both:
-            return port
-        with socket.socket(socket.AF_INET, other) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port")
 
 
 def free_rtp_range(size: int = 200) -> str:
