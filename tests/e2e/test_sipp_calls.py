@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import callgate, sipp
+from tests.e2e.harness import callgate, free_rtp_range, sipp
 
 pytestmark = pytest.mark.slow
 
@@ -97,3 +97,14 @@ def test_silent_caller_is_hung_up_after_media_timeout(tmp_path: Path) -> None:
         assert result.returncode == 0, result.output
         assert 2.0 <= time.monotonic() - started < 15
         assert gw.events("call.media_timeout")
+
+
+def test_out_of_rtp_ports_answers_503_with_retry_after(tmp_path: Path) -> None:
+    # One RTP port pair: the first call holds it, the second cannot get media and is told to
+    # come back (503 + Retry-After) at once instead of ringing until the accept timeout.
+    with callgate(tmp_path, rtp_ports=free_rtp_range(2)) as gw:
+        result = sipp(gw, "uac_wait_caller_bye_long", tmp_path, calls=2, rate=50)
+        assert result.successful == 1 and result.failed == 1, result.output
+        assert len(gw.events("call.rtp_ports_exhausted")) == 1
+        assert any('new=failed reason="no free RTP port"' in line
+                   for line in gw.events("call.state"))

@@ -43,9 +43,32 @@ async def _sipp(gw: Gateway, calls: int, rate: int, tmp: Path) -> int:
         sipp, f"127.0.0.1:{port}", "-sf", str(SCENARIOS / "uac_basic.xml"), "-s", PROJECT_ID,
         "-i", "127.0.0.1", "-p", str(free_port(both=False)), "-mp", str(free_port(both=False)),
         "-m", str(calls), "-r", str(rate), "-l", "200", "-timeout", "120s", "-timeout_error",
-        "-nostdin", cwd=tmp, stdout=asyncio.subprocess.DEVNULL,
+        "-trace_stat", "-fd", "1", "-nostdin", cwd=tmp, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL)
     return await asyncio.wait_for(proc.wait(), timeout=180)
+
+
+def _sipp_failures(tmp: Path) -> dict[str, str]:
+    """SIPp's cumulative failure counters from its last statistics line (why calls failed)."""
+    stats = sorted(tmp.glob("*.csv"), key=lambda p: p.stat().st_mtime)
+    if not stats:
+        return {}
+    lines = stats[-1].read_text().splitlines()
+    head, last = lines[0].split(";"), lines[-1].split(";")
+    return {k: v for k, v in zip(head, last, strict=False)
+            if k.endswith("(C)") and ("Failed" in k or "Retrans" in k or "Dead" in k)
+            and v not in ("", "0")}
+
+
+async def _at_rest(gw: Gateway, timeout: float) -> dict[str, int]:
+    """The footprint once no call, transaction or RTP port is left, or when ``timeout`` ends."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        now = _footprint(gw)
+        busy = now["calls"] or now["transactions"] or now["pending_acks"] or now["rtp_ports"]
+        if not busy or asyncio.get_running_loop().time() > deadline:
+            return now
+        await asyncio.sleep(0.25)
 
 
 async def _soak(tmp: Path) -> tuple[dict[str, int], dict[str, int], int, list[str]]:
@@ -53,26 +76,22 @@ async def _soak(tmp: Path) -> tuple[dict[str, int], dict[str, int], int, list[st
         sip_host="127.0.0.1", sip_port=free_port(), http_host="127.0.0.1",
         http_port=free_port(socket.SOCK_STREAM, both=False), project_id=PROJECT_ID,
         rtp_ports=free_rtp_range(600), default_session={"type": "realtime", "model": "echo"},
-        sip_t1=0.05, sip_t4=0.5, log_level="warning",
-        # SIPp sends no RTP; a call its peer abandoned without BYE (seen only when another
-        # suite starved this one of CPU) is reclaimed by the media timeout, as in production.
-        media_timeout=3)
+        # A fifth of the standard T1 so Timers H/J/L (64*T1) end in 6.4 s instead of 32 s.
+        # Not shorter: every 2xx waiting for its ACK is resent at T1, 2*T1, ..., and on a
+        # loaded 2-core machine a 50 ms T1 turned a busy moment into a retransmission storm.
+        sip_t1=0.1, sip_t4=0.5, log_level="warning",
+        # SIPp sends no RTP: a call whose BYE never arrives is reclaimed this way, as in
+        # production, and the footprint check below then still sees it go.
+        media_timeout=10)
     gw = Gateway(settings)
     await gw.start()
     try:
         assert await _sipp(gw, 20, 20, tmp) == 0  # warm up: lazy imports, first allocations
-        await asyncio.sleep(4)  # Timers D/K/L (64*T1, T4) run out
-        before = _footprint(gw)
-        code = await _sipp(gw, 1000, 100, tmp)
-        # Timers D/K/L run out within 4 s; on a loaded machine the last BYEs' releases may
-        # still be queued then, so wait (bounded) for the gateway to come to rest.
-        await asyncio.sleep(4)
-        for _ in range(40):
-            after = _footprint(gw)
-            if not (after["calls"] or after["transactions"] or after["rtp_ports"]):
-                break
-            await asyncio.sleep(0.5)
-        after = _footprint(gw)
+        before = await _at_rest(gw, 10)
+        # 50 calls/s: about a third of one core here, so the check still holds on a 2-core CI
+        # runner shared with other work. Throughput itself is bench/setup_rate's question.
+        code = await _sipp(gw, 1000, 50, tmp)
+        after = await _at_rest(gw, 30)
         assert gw.calls is not None
         left = sorted(f"{c.state.value}:{c.end_reason}" for c in gw.calls.calls.values())
     finally:
@@ -82,9 +101,10 @@ async def _soak(tmp: Path) -> tuple[dict[str, int], dict[str, int], int, list[st
 
 def test_thousand_calls_leave_nothing_behind(tmp_path: Path) -> None:
     before, after, code, left = asyncio.run(_soak(tmp_path))
-    report: dict[str, Any] = {"before": before, "after": after, "calls_left": left[:20]}
+    report: dict[str, Any] = {"before": before, "after": after, "calls_left": left[:20],
+                              "sipp": _sipp_failures(tmp_path)}
     print(json.dumps(report))
-    assert code == 0
+    assert code == 0, report
     for key in ("transactions", "pending_acks", "calls", "dialogs", "sessions", "rtp_ports",
                 "connections"):
         assert after[key] == before[key] == 0, report

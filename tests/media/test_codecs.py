@@ -267,3 +267,46 @@ def test_resampler_batch_mode_bursts_but_keeps_content() -> None:
     out = b"".join(r.process(source[i * 320 : (i + 1) * 320]) for i in range(30)) + r.flush()
     assert len(out) // 2 == pytest.approx(480 * 30, abs=2)
     assert abs(peak_hz(out[len(out) // 4 :], 24000) - 440) < 5
+
+
+@pytest.mark.parametrize("steady", [True, False])
+@pytest.mark.parametrize(("src", "dst"), [(8000, 16000), (16000, 8000), (24000, 8000),
+                                          (8000, 24000), (48000, 16000), (22050, 8000)])
+def test_resampler_silence_path_matches_libsoxr(src: int, dst: int, steady: bool) -> None:
+    # Speech, a long pause, speech again, in 20 ms chunks: the silence path hands out what
+    # libsoxr itself would have, save its +-1 LSB dither (two draws: 2 apart at most): the
+    # same number of samples (chunk by chunk where the cadence is steady), the speech at the
+    # same sample positions.
+    n = src // 50
+    speech = tone(src, n * 20, freq=440.0)
+    pause = bytes(2 * n * 40)
+    source = speech + pause + speech + pause
+    fast = Resampler(src, dst, steady=steady)
+    reference = Resampler(src, dst, steady=steady)
+    reference._settle = 1 << 62  # never takes the silence path
+    got, want = [], []
+    for i in range(0, len(source), 2 * n):
+        got.append(fast.process(source[i : i + 2 * n]))
+        want.append(reference.process(source[i : i + 2 * n]))
+        if steady:
+            assert len(got[-1]) == len(want[-1]), i
+    a = pcm(b"".join(got) + fast.flush())
+    b = pcm(b"".join(want) + reference.flush())
+    assert a.size == b.size
+    assert np.max(np.abs(a - b)) <= 2
+    assert np.max(np.abs(b)) > 5000  # the speech came through both
+
+
+def test_resampler_silence_path_skips_libsoxr() -> None:
+    r = Resampler(16000, 8000)
+    for _ in range(20):
+        r.process(bytes(640))
+    r._stream = _Unusable()  # type: ignore[assignment]
+    assert r.process(bytes(640)) == bytes(320)
+    with pytest.raises(AssertionError):
+        r.process(tone(16000, 320))
+
+
+class _Unusable:
+    def resample_chunk(self, *_: object, **__: object) -> None:
+        raise AssertionError("libsoxr was called")

@@ -23,7 +23,7 @@ from callgate.config import Settings
 from callgate.engines.base import Engine
 from callgate.log import event
 from callgate.media.pacer import SendTick
-from callgate.media.ports import PortPool
+from callgate.media.ports import PortPool, PortsExhausted
 from callgate.media.srtp import new_crypto
 from callgate.media.stream import MediaStream
 from callgate.realtime import ProtocolError, validate_session
@@ -193,6 +193,15 @@ class CallManager:
             await engine.aclose()
             if isinstance(exc, NegotiationError):  # checked when the INVITE came; not expected
                 raise CallFailed(exc.reason) from None
+            if isinstance(exc, PortsExhausted):
+                # Out of RTP ports is a capacity limit like max_calls: the caller (or its
+                # proxy) should try another gateway or come back, not wait for a timeout.
+                event(logger, "call.rtp_ports_exhausted", logging.WARNING, call_id=call.id,
+                      rtp_ports=f"{self.port_pool.low}-{self.port_pool.high}")
+                if call.state is CallState.RINGING:
+                    self.finish_ringing(call, 503, CallState.FAILED, "no free RTP port",
+                                        headers=[("Retry-After", "10")])
+                raise CallFailed(str(exc), code="rtp_ports_exhausted") from None
             raise
         call.media, call.engine, call.accepted_config = media, engine, dict(session)
         response = make_response(

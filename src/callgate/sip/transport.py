@@ -20,7 +20,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from callgate.log import event as log_event
 from callgate.sip.endpoint import SipEndpoint
@@ -28,6 +28,11 @@ from callgate.sip.events import Addr, Event, TxKey
 from callgate.sip.message import Request, Response, SipParseError, StreamFramer
 
 logger = logging.getLogger(__name__)
+
+# The kernel's default UDP receive queue (~200 KiB) holds about a hundred small datagrams; a
+# loop that stalls for a moment at 100+ calls/s overflows it, and every ACK or BYE lost there
+# comes back as a retransmission storm. Ask for more (the kernel caps it at net.core.rmem_max).
+UDP_RECEIVE_BUFFER = 8 << 20
 
 EventCallback = Callable[[Event], None]
 
@@ -185,10 +190,22 @@ class SipTransportManager:
 
     async def listen_udp(self, host: str, port: int) -> Addr:
         """Bind a UDP socket; returns the bound address (port 0 picks one)."""
-        transport, _ = await self.loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), local_addr=(host, port))
+        infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
+                                            flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+            sock.setblocking(False)
+            sock.bind(address)
+            transport, _ = await self.loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         self._udp.append(transport)
-        return self._bound("udp", transport.get_extra_info("sockname"))
+        return self._bound("udp", sock.getsockname(),
+                           receive_buffer=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
     async def listen_tcp(self, host: str, port: int) -> Addr:
         """Listen for TCP connections; returns the bound address."""
@@ -205,7 +222,7 @@ class SipTransportManager:
         self._servers.append(server)
         return self._bound(name, server.sockets[0].getsockname())
 
-    def _bound(self, name: str, sockname: tuple[object, ...]) -> Addr:
+    def _bound(self, name: str, sockname: tuple[object, ...], **fields: Any) -> Addr:
         addr = _addr(sockname)
         self.local_addresses.setdefault(name, []).append(addr)
         # The Via sent-by of our requests: the public host if given, else the bound address
@@ -213,7 +230,7 @@ class SipTransportManager:
         host = self.public_host or addr[0]
         if host not in ("0.0.0.0", "::"):
             self.endpoint.sent_by.setdefault(name, (host, addr[1]))
-        log_event(logger, "sip.listening", transport=name, addr=f"{addr[0]}:{addr[1]}")
+        log_event(logger, "sip.listening", transport=name, addr=f"{addr[0]}:{addr[1]}", **fields)
         return addr
 
     # -- the TU's verbs ------------------------------------------------------------------------
