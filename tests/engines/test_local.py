@@ -127,7 +127,7 @@ def _check_spoken_explanation(events: list[EngineEvent], message_part: str) -> N
 
 
 def test_with_no_language_model_the_caller_hears_why() -> None:
-    events = asyncio.run(_respond(LocalEngine(Settings()), _request()))
+    events = asyncio.run(_respond(LocalEngine(Settings(llm_bundled=False)), _request()))
     _check_spoken_explanation(events, "CALLGATE_LLM_BASE_URL")
 
 

@@ -117,6 +117,10 @@ class Engine(ABC):
     async def start(self, session: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Called once with the session config before any audio flows."""
 
+    def stages(self) -> dict[str, str]:
+        """What runs each stage, for the start-up log; empty where there are none."""
+        return {}
+
     async def update(self, session: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """The session config changed (``session.update``)."""
 

