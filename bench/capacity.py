@@ -87,8 +87,9 @@ def _judge(window: dict[str, Any]) -> tuple[bool, str]:
 
 async def measure(gateway: common.Callgate, levels: list[int], *, window_s: float,
                   settle_s: float, cps: float, profile_dir: Path | None = None,
-                  profile_cpu: int | None = None) -> dict[str, Any]:
-    load = RtpLoad()
+                  profile_cpu: int | None = None, digital_silence: bool = False
+                  ) -> dict[str, Any]:
+    load = RtpLoad(digital_silence=digital_silence)
     caller = SipCaller(("127.0.0.1", gateway.sip_port), common.PROJECT_ID, media_port=load.port)
     await caller.open()
     load.start()
@@ -179,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="sample the gateway with py-spy during each window")
     parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=None,
                         help="comma-separated call counts (default: 25,50,100,...)")
+    parser.add_argument("--digital-silence", action="store_true",
+                        help="callers send all-zero audio between tone bursts instead of line "
+                             "noise (the gateway's silence path)")
     args = parser.parse_args(argv)
     common.set_nice(args.nice)
     started = time.time()
@@ -193,13 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         with common.callgate(Path(tmp), cpu=cpu) as gateway:
             measured = _run(measure(gateway, levels, window_s=window_s, settle_s=settle_s,
                                     cps=50.0, profile_dir=Path(tmp) if args.profile else None,
-                                    profile_cpu=load_cpu))
+                                    profile_cpu=load_cpu, digital_silence=args.digital_silence))
             time.sleep(0.5)
         jitter = _jitter_delays(gateway.log_lines())
     best = measured["max_calls_passing"]
     at_best = next((r for r in measured["levels"] if r["calls"] == best), None)
     results: dict[str, Any] = {
         "model": "echo", "codec": "PCMU", "ptime_ms": 20, "window_s": window_s,
+        "caller_audio": ("digital silence" if args.digital_silence else "line noise, -55 dBFS")
+        + " between 1 kHz tone bursts (one 20 ms burst a second)",
         "pinning": {"gateway_cpu": cpu, "generator_cpu": load_cpu},
         "pass_rule": (f"interval error p99 <= {TARGET_P99_MS:g} ms, no sequence gaps, "
                       f">= {MIN_DELIVERY:.1%} of due packets delivered"),

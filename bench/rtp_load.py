@@ -9,9 +9,12 @@ loop, and every packet the gateway sends back is stamped by the kernel on arriva
 intervals measured are the gateway's pacing, untouched by this process's scheduling: the
 generator may be late to read a packet, but never changes the time written on it.
 
-Each call also sends, once a second (calls spread over the second), one 20 ms burst of a loud
-1 kHz tone in place of silence; the ``echo`` model returns it, and the first loud packet back
-gives the RTP-in -> RTP-out delay through the gateway (jitter buffer included).
+Between those, each call sends line noise (about -55 dBFS), not digital silence: a real line
+is never all zeros, and zeros would take the gateway's cheaper silence path (callgate skips
+resampling digital silence); ``digital_silence=True`` measures that case instead. Once a second
+(calls spread over the second) a call sends one 20 ms burst of a loud 1 kHz tone instead; the
+``echo`` model returns it, and the first loud packet back gives the RTP-in -> RTP-out delay
+through the gateway (jitter buffer included).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import math
 import os
+import random
 import socket
 import struct
 import time
@@ -36,6 +40,11 @@ _SO_SNDBUFFORCE = 32
 FRAME_S = 0.020
 SAMPLES = 160
 SILENCE = b"\xff" * SAMPLES
+_NOISE_FRAMES = 50
+# A second of Gaussian noise at sigma 60 (about -55 dBFS), μ-law encoded, cycled per tick.
+NOISE = [ulaw_encode(array("h", (round(random.Random(i * SAMPLES + j).gauss(0.0, 60.0))
+                                 for j in range(SAMPLES))).tobytes())
+         for i in range(_NOISE_FRAMES)]
 BURST = ulaw_encode(b"".join(
     struct.pack("<h", round(16000 * math.sin(2 * math.pi * 1000 * i / 8000)))
     for i in range(SAMPLES)))
@@ -63,7 +72,8 @@ class _Stream:
 class RtpLoad:
     """Sends for every added call and measures every packet that comes back."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, digital_silence: bool = False) -> None:
+        self._filler = [SILENCE] if digital_silence else NOISE
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         for option, size in ((_SO_RCVBUFFORCE, 32 << 20), (_SO_SNDBUFFORCE, 8 << 20)):
@@ -122,11 +132,12 @@ class RtpLoad:
         if self._measuring:
             self._lateness.append(now - (self._start + self._n * FRAME_S))
         burst_slot = self._n % _BURST_EVERY
+        filler = self._filler[self._n % len(self._filler)]
         sendto, pack = self.sock.sendto, struct.Struct("!BBHII").pack
         for stream in self._streams.values():
             burst = stream.phase == burst_slot
             packet = pack(0x80, 0, stream.seq, stream.ts, stream.ssrc) + (
-                BURST if burst else SILENCE)
+                BURST if burst else filler)
             stream.seq = (stream.seq + 1) & 0xFFFF
             stream.ts = (stream.ts + SAMPLES) & 0xFFFFFFFF
             try:

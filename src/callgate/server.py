@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -129,6 +130,11 @@ class Gateway:
                 self.http_task.result()  # raises the bind error
                 raise OSError(f"cannot serve HTTP on {s.http_host}:{s.http_port}")
             await asyncio.sleep(0.01)
+        # What is loaded by now (modules, models, the app) lives as long as the process. Frozen,
+        # the cyclic GC stops re-scanning it on every full collection: one took ~75 ms here
+        # (130,000 objects), a stall of the send tick that costs every call several packets.
+        gc.collect()
+        gc.freeze()
         event(logger, "gateway.started", project_id=s.project_id,
               sip=" ".join(f"{n}:{a[0]}:{a[1]}" for n, a in self.sip_addresses.items()),
               http=f"{'https' if s.tls_cert else 'http'}://{s.http_host}:{s.http_port}",
