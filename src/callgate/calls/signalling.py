@@ -10,6 +10,7 @@ land here too.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 from typing import Any
 
@@ -47,6 +48,7 @@ class Signalling:
         self.by_dialog: dict[tuple[str, str], Call] = {}   # (Call-ID, our tag) -> call
         self.by_invite: dict[ev.TxKey, Call] = {}
         self.pending: dict[ev.TxKey, tuple[Call, Request]] = {}  # our requests in flight
+        self.offering: set[str] = set()  # calls with our SDP offer awaiting its answer
         calls.signalling = self
 
     # -- sending ----------------------------------------------------------------------------
@@ -88,6 +90,7 @@ class Signalling:
         self.by_invite.pop(call.tx_key, None)
         for key in [k for k, (c, _) in self.pending.items() if c is call]:
             del self.pending[key]
+        self.offering.discard(call.id)
 
     def _send_in_dialog(self, call: Call, method: str, *, body: bytes = b"",
                         content_type: str | None = None,
@@ -104,6 +107,8 @@ class Signalling:
         self._stamp(request)
         key = self.sip.send_request(request, addr, transport)
         self.pending[key] = (call, request)
+        if body and method in ("INVITE", "UPDATE"):
+            self.offering.add(call.id)
 
     def _stamp(self, message: Request | Response) -> None:
         header = "Server" if isinstance(message, Response) else "User-Agent"
@@ -273,6 +278,11 @@ class Signalling:
     def _on_reoffer(self, call: Call, rx: ev.RequestReceived) -> None:
         """re-INVITE or UPDATE: hold/unhold, new address or codec, or a session refresh."""
         request = rx.request
+        if call.id in self.offering and (request.method == "INVITE" or request.body):
+            # Glare: both sides offered at once (RFC 3261 §14.2, RFC 3311 §5.2). Both get
+            # 491 and each retries after a random wait, ours in _on_response.
+            self._in_dialog_reply(call, rx, 491, reason="Request Pending")
+            return
         try:
             timer = negotiate(request, default_interval=self.settings.session_expires,
                               current=call.timer)
@@ -362,7 +372,13 @@ class Signalling:
         call, request = entry
         status = rx.response.status
         event(logger, "sip.response", call_id=call.id, method=request.method, status=status)
-        if request.method in ("UPDATE", "INVITE") and status in (408, 481):
+        if request.method in ("UPDATE", "INVITE"):
+            self.offering.discard(call.id)
+        if request.method in ("UPDATE", "INVITE") and status == 491:
+            # RFC 3261 §14.1: the side that did not pick the Call-ID (the caller did) waits a
+            # random 0-2 s before offering again.
+            call.arm("glare_retry", random.uniform(0.0, 2.0), self._refresh, call)
+        elif request.method in ("UPDATE", "INVITE") and status in (408, 481):
             # RFC 5057 §5.1: the dialog is gone.
             self.calls.end(call, f"session refresh answered {status}", send_bye=status != 481)
         elif request.method == "INVITE" and 200 <= status < 300 and call.dialog is not None:
@@ -379,6 +395,7 @@ class Signalling:
             call, request = entry
             event(logger, "sip.request_timeout", logging.WARNING, call_id=call.id,
                   method=request.method, timer=timeout.timer)
+            self.offering.discard(call.id)
             if request.method != "BYE":
                 self.calls.end(call, f"{request.method} timed out", send_bye=False)
 
@@ -395,15 +412,21 @@ class Signalling:
         if timer.refresher == "uac":
             self.calls.end(call, "session timer expired (RFC 4028 §10)", send_bye=True)
             return
-        # We refresh: UPDATE if the caller allows it (no SDP needed), else re-INVITE.
+        self._refresh(call)
+        self._arm_session_timer(call)
+
+    def _refresh(self, call: Call) -> None:
+        """Refresh the session: UPDATE if the caller allows it (no SDP needed), else
+        re-INVITE with our current SDP."""
+        if call.state.is_final or call.dialog is None or call.timer is None:
+            return
         allow = {m.strip().upper() for m in call.invite.headers.get_all("Allow")}
-        headers = [("Session-Expires", timer.header()), ("Supported", "timer")]
+        headers = [("Session-Expires", call.timer.header()), ("Supported", "timer")]
         if "UPDATE" in allow or call.local_sdp is None:
             self._send_in_dialog(call, "UPDATE", headers=headers)
         else:
             self._send_in_dialog(call, "INVITE", body=call.local_sdp.to_bytes(),
                                  content_type="application/sdp", headers=headers)
-        self._arm_session_timer(call)
 
 
 def _trial_crypto(suite: str) -> Any:
