@@ -120,8 +120,12 @@ class SippResult:
 
 def sipp(gateway: Gateway, scenario: str, tmp_path: Path, *, transport: str = "u1",
          calls: int = 1, rate: float = 10, limit: int = 100, timeout: float = 60,
-         extra: list[str] | None = None, service: str = PROJECT_ID) -> SippResult:
-    """Run a SIPp UAC scenario against the gateway; returns its exit code and final stats."""
+         extra: list[str] | None = None, service: str = PROJECT_ID,
+         keys: dict[str, str] | None = None) -> SippResult:
+    """Run a SIPp UAC scenario against the gateway; returns its exit code and final stats.
+
+    ``keys`` fill a scenario's ``[name]`` fields (SIPp ``-key``); ``contact_host``, the host
+    of the caller's Contact, defaults to its address."""
     binary = shutil.which("sipp")
     if binary is None:
         raise RuntimeError("sipp is not installed (Debian package sip-tester; `make test` "
@@ -133,6 +137,8 @@ def sipp(gateway: Gateway, scenario: str, tmp_path: Path, *, transport: str = "u
            "-r", str(rate), "-l", str(limit), "-timeout", f"{int(timeout)}s",
            "-timeout_error", "-nostdin", "-trace_stat", "-stf", str(stat_file),
            "-max_recv_loops", "1000", *(extra or [])]
+    for name, value in {"contact_host": "127.0.0.1", **(keys or {})}.items():
+        cmd += ["-key", name, value]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30,
                           cwd=tmp_path)
     return SippResult(proc.returncode, proc.stdout[-4000:] + proc.stderr[-4000:],

@@ -108,3 +108,14 @@ def test_out_of_rtp_ports_answers_503_with_retry_after(tmp_path: Path) -> None:
         assert len(gw.events("call.rtp_ports_exhausted")) == 1
         assert any('new=failed reason="no free RTP port"' in line
                    for line in gw.events("call.state"))
+
+
+def test_bye_reaches_a_contact_named_by_host_name(tmp_path: Path) -> None:
+    # The caller's Contact says "localhost", not an address: callgate resolves it (RFC 3263,
+    # A/AAAA records) for its BYE instead of dropping the request.
+    with callgate(tmp_path, media_timeout="2") as gw:
+        result = sipp(gw, "uac_wait_bye", tmp_path, timeout=20,
+                      keys={"contact_host": "localhost"})
+        assert result.returncode == 0, result.output
+        assert gw.events("call.media_timeout")
+        assert not gw.events("sip.unresolved_destination")

@@ -9,6 +9,7 @@ land here too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import socket
@@ -25,7 +26,7 @@ from callgate.sip.dialog import Dialog, DialogSet
 from callgate.sip.message import Request, Response, SipParseError, make_response, new_tag
 from callgate.sip.offer_answer import NegotiationError, accept_answer, answer_offer
 from callgate.sip.sdp import SdpError, parse_sdp
-from callgate.sip.transport import SipTransportManager
+from callgate.sip.transport import SipTransportManager, is_ip
 from callgate.sip.validate import check_request
 
 logger = logging.getLogger("callgate.sip")
@@ -98,17 +99,52 @@ class Signalling:
         assert call.dialog is not None
         request = call.dialog.create_request(method, body=body, content_type=content_type,
                                              headers=headers)
+        self._stamp(request)
+        if body and method in ("INVITE", "UPDATE"):
+            self.offering.add(call.id)
+        self._route(call, request)
+
+    def _route(self, call: Call, request: Request) -> None:
+        """Send an in-dialog request (or the ACK of a 2xx) to the dialog's next hop."""
+        assert call.dialog is not None
         host, port, transport = call.dialog.next_hop()
-        addr = (host, port or (5061 if transport == "tls" else 5060))
         if transport == call.transport != "udp":
             # Reuse the caller's connection rather than opening one towards its Contact,
             # which is often unreachable behind NAT (the reasoning of RFC 5923).
-            addr = call.addr
-        self._stamp(request)
+            self._transmit(call, request, call.addr, transport)
+            return
+        port = port or (5061 if transport == "tls" else 5060)
+        if is_ip(host):
+            self._transmit(call, request, (host, port), transport)
+        else:
+            self.calls.spawn(self._resolve_and_send(call, request, host, port, transport),
+                             f"resolve {host} for {call.id}")
+
+    async def _resolve_and_send(self, call: Call, request: Request, host: str, port: int,
+                                transport: str) -> None:
+        # RFC 3263 §4.2 with an explicit or default port: the host's A/AAAA records, in the
+        # address family the call came in on (the socket we can send from). SRV and NAPTR
+        # would need a DNS client; a Contact or Record-Route naming a bare domain is rare.
+        family = socket.AF_INET6 if ":" in call.addr[0] else socket.AF_INET
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, family=family, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            event(logger, "sip.unresolved_destination", logging.WARNING, call_id=call.id,
+                  host=host, method=request.method, error=str(exc))
+            self.offering.discard(call.id)
+            if request.method not in ("BYE", "ACK") and not call.state.is_final:
+                self.calls.end(call, f"next hop {host} does not resolve", send_bye=False)
+            return
+        self._transmit(call, request, (str(infos[0][4][0]), port), transport)
+
+    def _transmit(self, call: Call, request: Request, addr: tuple[str, int],
+                  transport: str) -> None:
+        if request.method == "ACK":
+            self.sip.send_ack(request, addr, transport)
+            return
         key = self.sip.send_request(request, addr, transport)
         self.pending[key] = (call, request)
-        if body and method in ("INVITE", "UPDATE"):
-            self.offering.add(call.id)
 
     def _stamp(self, message: Request | Response) -> None:
         header = "Server" if isinstance(message, Response) else "User-Agent"
@@ -382,9 +418,7 @@ class Signalling:
             # RFC 5057 §5.1: the dialog is gone.
             self.calls.end(call, f"session refresh answered {status}", send_bye=status != 481)
         elif request.method == "INVITE" and 200 <= status < 300 and call.dialog is not None:
-            ack = call.dialog.create_ack(request.cseq.seq)
-            host, port, transport = call.dialog.next_hop()
-            self.sip.send_ack(ack, (host, port or 5060), transport)
+            self._route(call, call.dialog.create_ack(request.cseq.seq))
         elif request.method == "REFER" and status >= 300:
             event(logger, "call.refer_refused", logging.WARNING, call_id=call.id, status=status)
             call.refer_target = None

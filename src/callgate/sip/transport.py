@@ -42,7 +42,7 @@ def _addr(raw: tuple[object, ...]) -> Addr:
     return (str(raw[0]), int(str(raw[1])))
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -309,7 +309,7 @@ class SipTransportManager:
         self._pump()
 
     def _transmit(self, data: bytes, addr: Addr, transport: str) -> None:
-        if not _is_ip(addr[0]):
+        if not is_ip(addr[0]):
             log_event(logger, "sip.unresolved_destination", logging.WARNING, host=addr[0])
             self.endpoint.transport_error(addr, transport, self.loop.time())
             return
