@@ -185,7 +185,7 @@ async def _conversation(gw: Gateway, caller: Caller, call_id: str, folder: Path)
     client = openai.AsyncOpenAI(api_key=API_KEY, base_url=f"{gw.http}/v1",
                                 websocket_base_url=f"ws://127.0.0.1:{gw.http_port}/v1",
                                 max_retries=0)
-    async with client.realtime.connect(call_id=call_id) as connection:
+    async with client, client.realtime.connect(call_id=call_id) as connection:
         events = Events(connection)
         pump = asyncio.create_task(events.pump())
         try:

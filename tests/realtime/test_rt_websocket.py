@@ -50,10 +50,16 @@ class Gateway:
     port: int
     registry: SessionRegistry
     engines: list[ScriptedEngine] = field(default_factory=list)
+    clients: list[AsyncOpenAI] = field(default_factory=list)
 
     def client(self, key: str = API_KEY) -> AsyncOpenAI:
-        return AsyncOpenAI(api_key=key, base_url=f"http://127.0.0.1:{self.port}/v1",
-                           websocket_base_url=f"ws://127.0.0.1:{self.port}/v1", max_retries=0)
+        # Closed with the gateway: an SDK client left to the garbage collector closes its
+        # connection pool on whatever event loop runs then, long after this one is gone.
+        client = AsyncOpenAI(api_key=key, base_url=f"http://127.0.0.1:{self.port}/v1",
+                             websocket_base_url=f"ws://127.0.0.1:{self.port}/v1",
+                             max_retries=0)
+        self.clients.append(client)
+        return client
 
     async def call(self, engine: ScriptedEngine, call_id: str = CALL_ID,
                    **config: Any) -> tuple[RealtimeSession, FakeLine]:
@@ -88,9 +94,12 @@ async def gateway() -> AsyncIterator[Gateway]:
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
+    gateway = Gateway(sock.getsockname()[1], registry, engines)
     try:
-        yield Gateway(sock.getsockname()[1], registry, engines)
+        yield gateway
     finally:
+        for client in gateway.clients:
+            await client.close()
         await registry.close_all()
         server.should_exit = True
         await task
