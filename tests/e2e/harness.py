@@ -11,15 +11,35 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from bench.common import free_port
 
+from callgate import config
+from callgate.server import Gateway as InProcessGateway
+
 SCENARIOS = Path(__file__).parent / "scenarios"
 PROJECT_ID = "proj_test"
+
+
+@contextlib.asynccontextmanager
+async def in_process(rtp_ports: int = 200, **settings: Any) -> AsyncIterator[InProcessGateway]:
+    """callgate in this process, on loopback, auto-accepting with ``echo``: for tests that
+    look inside it (its tables, its timers) while real peers talk to it."""
+    gateway = InProcessGateway(config.load(**{
+        "sip_host": "127.0.0.1", "sip_port": free_port(), "http_host": "127.0.0.1",
+        "http_port": free_port(socket.SOCK_STREAM, both=False), "project_id": PROJECT_ID,
+        "rtp_ports": free_rtp_range(rtp_ports), "log_level": "warning",
+        "default_session": {"type": "realtime", "model": "echo"}, **settings}))
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
 
 
 def free_rtp_range(size: int = 200) -> str:

@@ -14,12 +14,10 @@ import socket
 
 import pytest
 
-from callgate import config
-from callgate.server import Gateway
 from callgate.sip.message import Headers, Response, parse_message
 from callgate.sip.sdp import parse_sdp
 from tests.conftest import SHARED
-from tests.e2e.harness import PROJECT_ID, free_port, free_rtp_range
+from tests.e2e.harness import PROJECT_ID, in_process
 
 pytestmark = pytest.mark.slow
 
@@ -97,23 +95,14 @@ async def _exchange(gw_port: int, data: bytes, sock: socket.socket) -> Response:
 
 
 async def _run_all() -> dict[str, Response]:
-    settings = config.load(
-        sip_host="127.0.0.1", sip_port=free_port(), http_host="127.0.0.1",
-        http_port=free_port(socket.SOCK_STREAM, both=False), project_id=PROJECT_ID,
-        rtp_ports=free_rtp_range(200), default_session={"type": "realtime", "model": "echo"},
-        log_level="warning")
-    gw = Gateway(settings)
-    await gw.start()
     answers: dict[str, Response] = {}
-    try:
+    async with in_process() as gw:
         for path in sorted(INVITES.glob("*.sip")):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.bind(("127.0.0.1", 0))
                 sock.setblocking(False)
                 data = _retarget(path.read_bytes(), path.stem, sock.getsockname()[1])
-                answers[path.stem] = await _exchange(settings.sip_port, data, sock)
-    finally:
-        await gw.stop()
+                answers[path.stem] = await _exchange(gw.sip_addresses["udp"][1], data, sock)
     return answers
 
 

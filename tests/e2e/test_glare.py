@@ -14,10 +14,8 @@ import time
 
 import pytest
 
-from callgate import config
-from callgate.server import Gateway
 from callgate.sip.message import Request, Response, parse_message
-from tests.e2e.harness import PROJECT_ID, free_port, free_rtp_range
+from tests.e2e.harness import PROJECT_ID, InProcessGateway, free_port, in_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -71,65 +69,62 @@ class Uac:
 
 
 async def _glare() -> dict[str, float]:
-    settings = config.load(
-        sip_host="127.0.0.1", sip_port=free_port(), http_host="127.0.0.1",
-        http_port=free_port(socket.SOCK_STREAM, both=False), project_id=PROJECT_ID,
-        rtp_ports=free_rtp_range(10), default_session={"type": "realtime", "model": "echo"},
-        log_level="warning")
-    gw = Gateway(settings)
-    await gw.start()
-    uac = Uac(gw.sip_addresses["udp"])
+    async with in_process(rtp_ports=10) as gw:
+        uac = Uac(gw.sip_addresses["udp"])
+        try:
+            return await _call_with_glare(gw, uac)
+        finally:
+            uac.sock.close()
+
+
+async def _call_with_glare(gw: InProcessGateway, uac: Uac) -> dict[str, float]:
     uri = f"sip:{PROJECT_ID}@127.0.0.1:{uac.gateway[1]}"
-    try:
-        # The call: INVITE (no Session-Expires: callgate becomes the refresher), 200, ACK.
-        await uac.send(uac.request("INVITE", uri, 1, "inv1", to=f"<{uri}>",
-                                   body=SDP.format(port=uac.rtp_port)))
-        ok = await uac.receive(" 200 ")
-        assert isinstance(ok, Response)
-        to = ok.headers.get("To") or ""
-        await uac.send(uac.request("ACK", uri, 1, "ack1", to=to))
-        assert gw.calls is not None and gw.calls.signalling is not None
-        call = next(iter(gw.calls.calls.values()))
-        assert call.timer is not None and call.timer.refresher == "uas"
+    # The call: INVITE (no Session-Expires: callgate becomes the refresher), 200, ACK.
+    await uac.send(uac.request("INVITE", uri, 1, "inv1", to=f"<{uri}>",
+                               body=SDP.format(port=uac.rtp_port)))
+    ok = await uac.receive(" 200 ")
+    assert isinstance(ok, Response)
+    to = ok.headers.get("To") or ""
+    await uac.send(uac.request("ACK", uri, 1, "ack1", to=to))
+    assert gw.calls is not None and gw.calls.signalling is not None
+    call = next(iter(gw.calls.calls.values()))
+    assert call.timer is not None and call.timer.refresher == "uas"
 
-        # callgate's refresh is due: it re-INVITEs (the caller's Allow has no UPDATE).
-        gw.calls.signalling._session_timer_fired(call, call.timer)
-        ours = await uac.receive("INVITE")
-        assert isinstance(ours, Request) and ours.body
+    # callgate's refresh is due: it re-INVITEs (the caller's Allow has no UPDATE).
+    gw.calls.signalling._session_timer_fired(call, call.timer)
+    ours = await uac.receive("INVITE")
+    assert isinstance(ours, Request) and ours.body
 
-        # Meanwhile the caller offers too: callgate has an offer out, so 491.
-        await uac.send(uac.request("INVITE", uri, 2, "reinv2", to=to,
-                                   body=SDP.format(port=uac.rtp_port)))
-        refused = await uac.receive(" 491 ")
-        assert isinstance(refused, Response) and refused.cseq.seq == 2
-        await uac.send(uac.request("ACK", uri, 2, "reinv2", to=to))  # non-2xx: same branch
+    # Meanwhile the caller offers too: callgate has an offer out, so 491.
+    await uac.send(uac.request("INVITE", uri, 2, "reinv2", to=to,
+                               body=SDP.format(port=uac.rtp_port)))
+    refused = await uac.receive(" 491 ")
+    assert isinstance(refused, Response) and refused.cseq.seq == 2
+    await uac.send(uac.request("ACK", uri, 2, "reinv2", to=to))  # non-2xx: same branch
 
-        # The caller refuses callgate's offer the same way; callgate ACKs and tries again.
-        await uac.send(uac.answer(ours, 491, "Request Pending"))
-        refused_at = time.monotonic()
-        ack = await uac.receive("ACK")
-        assert isinstance(ack, Request) and ack.cseq.seq == ours.cseq.seq
-        again = await uac.receive("INVITE", timeout=5.0)
-        waited = time.monotonic() - refused_at
-        assert isinstance(again, Request) and again.cseq.seq > ours.cseq.seq and again.body
+    # The caller refuses callgate's offer the same way; callgate ACKs and tries again.
+    await uac.send(uac.answer(ours, 491, "Request Pending"))
+    refused_at = time.monotonic()
+    ack = await uac.receive("ACK")
+    assert isinstance(ack, Request) and ack.cseq.seq == ours.cseq.seq
+    again = await uac.receive("INVITE", timeout=5.0)
+    waited = time.monotonic() - refused_at
+    assert isinstance(again, Request) and again.cseq.seq > ours.cseq.seq and again.body
 
-        # This time the caller accepts: 200 with its SDP, and callgate ACKs it.
-        await uac.send(uac.answer(again, 200, "OK", body=SDP.format(port=uac.rtp_port)))
-        ack2 = await uac.receive("ACK")
-        assert isinstance(ack2, Request) and ack2.cseq.seq == again.cseq.seq
+    # This time the caller accepts: 200 with its SDP, and callgate ACKs it.
+    await uac.send(uac.answer(again, 200, "OK", body=SDP.format(port=uac.rtp_port)))
+    ack2 = await uac.receive("ACK")
+    assert isinstance(ack2, Request) and ack2.cseq.seq == again.cseq.seq
 
-        # With no offer of callgate's pending, the caller's re-INVITE now goes through.
-        await uac.send(uac.request("INVITE", uri, 3, "reinv3", to=to,
-                                   body=SDP.format(port=uac.rtp_port)))
-        accepted = await uac.receive(" 200 ")
-        assert isinstance(accepted, Response) and accepted.cseq.seq == 3
-        await uac.send(uac.request("ACK", uri, 3, "ack3", to=to))
-        await uac.send(uac.request("BYE", uri, 4, "bye4", to=to))
-        await uac.receive(" 200 ")
-        return {"retry_wait_s": waited}
-    finally:
-        uac.sock.close()
-        await gw.stop()
+    # With no offer of callgate's pending, the caller's re-INVITE now goes through.
+    await uac.send(uac.request("INVITE", uri, 3, "reinv3", to=to,
+                               body=SDP.format(port=uac.rtp_port)))
+    accepted = await uac.receive(" 200 ")
+    assert isinstance(accepted, Response) and accepted.cseq.seq == 3
+    await uac.send(uac.request("ACK", uri, 3, "ack3", to=to))
+    await uac.send(uac.request("BYE", uri, 4, "bye4", to=to))
+    await uac.receive(" 200 ")
+    return {"retry_wait_s": waited}
 
 
 def test_reinvite_glare_is_answered_491_and_both_sides_retry() -> None:

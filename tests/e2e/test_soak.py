@@ -7,20 +7,17 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from callgate import config
-from callgate.server import Gateway
-from tests.e2e.harness import PROJECT_ID, SCENARIOS, free_port, free_rtp_range
+from tests.e2e.harness import PROJECT_ID, SCENARIOS, InProcessGateway, free_port, in_process
 
 pytestmark = pytest.mark.slow
 
 
-def _footprint(gw: Gateway) -> dict[str, int]:
+def _footprint(gw: InProcessGateway) -> dict[str, int]:
     assert gw.sip is not None and gw.calls is not None and gw.calls.signalling is not None
     return {
         "fds": len(os.listdir("/proc/self/fd")),
@@ -35,7 +32,7 @@ def _footprint(gw: Gateway) -> dict[str, int]:
     }
 
 
-async def _sipp(gw: Gateway, calls: int, rate: int, tmp: Path) -> int:
+async def _sipp(gw: InProcessGateway, calls: int, rate: int, tmp: Path) -> int:
     sipp = shutil.which("sipp")
     assert sipp is not None, "sipp is not installed"
     port = gw.sip_addresses["udp"][1]
@@ -60,7 +57,7 @@ def _sipp_failures(tmp: Path) -> dict[str, str]:
             and v not in ("", "0")}
 
 
-async def _at_rest(gw: Gateway, timeout: float) -> dict[str, int]:
+async def _at_rest(gw: InProcessGateway, timeout: float) -> dict[str, int]:
     """The footprint once no call, transaction or RTP port is left, or when ``timeout`` ends."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -72,20 +69,12 @@ async def _at_rest(gw: Gateway, timeout: float) -> dict[str, int]:
 
 
 async def _soak(tmp: Path) -> tuple[dict[str, int], dict[str, int], int, list[str]]:
-    settings = config.load(
-        sip_host="127.0.0.1", sip_port=free_port(), http_host="127.0.0.1",
-        http_port=free_port(socket.SOCK_STREAM, both=False), project_id=PROJECT_ID,
-        rtp_ports=free_rtp_range(600), default_session={"type": "realtime", "model": "echo"},
-        # A fifth of the standard T1 so Timers H/J/L (64*T1) end in 6.4 s instead of 32 s.
-        # Not shorter: every 2xx waiting for its ACK is resent at T1, 2*T1, ..., and on a
-        # loaded 2-core machine a 50 ms T1 turned a busy moment into a retransmission storm.
-        sip_t1=0.1, sip_t4=0.5, log_level="warning",
-        # SIPp sends no RTP: a call whose BYE never arrives is reclaimed this way, as in
-        # production, and the footprint check below then still sees it go.
-        media_timeout=10)
-    gw = Gateway(settings)
-    await gw.start()
-    try:
+    # A fifth of the standard T1 so Timers H/J/L (64*T1) end in 6.4 s instead of 32 s. Not
+    # shorter: every 2xx waiting for its ACK is resent at T1, 2*T1, ..., and on a loaded
+    # 2-core machine a 50 ms T1 turned a busy moment into a retransmission storm.
+    # SIPp sends no RTP: a call whose BYE never arrives is reclaimed by the media timeout, as
+    # in production, and the footprint check below then still sees it go.
+    async with in_process(rtp_ports=600, sip_t1=0.1, sip_t4=0.5, media_timeout=10) as gw:
         assert await _sipp(gw, 20, 20, tmp) == 0  # warm up: lazy imports, first allocations
         before = await _at_rest(gw, 10)
         # 50 calls/s: about a third of one core here, so the check still holds on a 2-core CI
@@ -94,8 +83,6 @@ async def _soak(tmp: Path) -> tuple[dict[str, int], dict[str, int], int, list[st
         after = await _at_rest(gw, 30)
         assert gw.calls is not None
         left = sorted(f"{c.state.value}:{c.end_reason}" for c in gw.calls.calls.values())
-    finally:
-        await gw.stop()
     return before, after, code, left
 
 
