@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -21,9 +22,60 @@ from bench.common import free_port
 
 from callgate import config
 from callgate.server import Gateway as InProcessGateway
+from callgate.sip.message import Request, Response, parse_message
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 PROJECT_ID = "proj_test"
+
+
+SDP = ("v=0\r\no=uac 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+       "m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
+
+
+class ScriptedUac:
+    """Just enough of a caller on a UDP socket, for exchanges SIPp cannot script (answering
+    callgate's own requests mid-call): sends what it is given, hands back what arrives."""
+
+    def __init__(self, gateway: tuple[str, int]) -> None:
+        self.gateway = gateway
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.rtp_port = free_port(both=False)
+
+    def request(self, method: str, uri: str, cseq: int, branch: str, *, to: str,
+                body: str = "", extra: str = "") -> bytes:
+        ctype = "Content-Type: application/sdp\r\n" if body else ""
+        return (f"{method} {uri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{branch}\r\n"
+                f"From: <sip:caller@127.0.0.1>;tag=uac1\r\nTo: {to}\r\n"
+                f"Call-ID: glare-1@127.0.0.1\r\nCSeq: {cseq} {method}\r\n"
+                f"Contact: <sip:caller@127.0.0.1:{self.port}>\r\nMax-Forwards: 70\r\n"
+                f"Allow: INVITE, ACK, BYE, CANCEL\r\n{extra}{ctype}"
+                f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+    def answer(self, request: Request, status: int, reason: str, body: str = "") -> bytes:
+        vias = "".join(f"Via: {v}\r\n" for v in request.headers.get_all("Via"))
+        ctype = "Content-Type: application/sdp\r\n" if body else ""
+        return (f"SIP/2.0 {status} {reason}\r\n{vias}"
+                f"From: {request.headers.get('From')}\r\nTo: {request.headers.get('To')}\r\n"
+                f"Call-ID: {request.call_id}\r\nCSeq: {request.headers.get('CSeq')}\r\n"
+                f"Contact: <sip:caller@127.0.0.1:{self.port}>\r\n{ctype}"
+                f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendto(self.sock, data, self.gateway)
+
+    async def receive(self, want: str, timeout: float = 5.0) -> Request | Response:
+        """The next message whose first line contains ``want`` (others are skipped)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            data, _ = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 65535),
+                                             max(0.01, deadline - loop.time()))
+            if want in data.split(b"\r\n", 1)[0].decode():
+                return parse_message(data)
 
 
 @contextlib.asynccontextmanager

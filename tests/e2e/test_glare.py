@@ -9,75 +9,25 @@ test can make its session-refresh timer fire now instead of after half an hour.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
 
-from callgate.sip.message import Request, Response, parse_message
-from tests.e2e.harness import PROJECT_ID, InProcessGateway, free_port, in_process
+from callgate.sip.message import Request, Response
+from tests.e2e.harness import PROJECT_ID, SDP, InProcessGateway, ScriptedUac, in_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
-SDP = ("v=0\r\no=uac 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-       "m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
-
-
-class Uac:
-    """Just enough of a caller: sends what it is given, hands back what arrives."""
-
-    def __init__(self, gateway: tuple[str, int]) -> None:
-        self.gateway = gateway
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        self.rtp_port = free_port(both=False)
-
-    def request(self, method: str, uri: str, cseq: int, branch: str, *, to: str,
-                body: str = "", extra: str = "") -> bytes:
-        ctype = "Content-Type: application/sdp\r\n" if body else ""
-        return (f"{method} {uri} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{branch}\r\n"
-                f"From: <sip:caller@127.0.0.1>;tag=uac1\r\nTo: {to}\r\n"
-                f"Call-ID: glare-1@127.0.0.1\r\nCSeq: {cseq} {method}\r\n"
-                f"Contact: <sip:caller@127.0.0.1:{self.port}>\r\nMax-Forwards: 70\r\n"
-                f"Allow: INVITE, ACK, BYE, CANCEL\r\n{extra}{ctype}"
-                f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
-
-    def answer(self, request: Request, status: int, reason: str, body: str = "") -> bytes:
-        vias = "".join(f"Via: {v}\r\n" for v in request.headers.get_all("Via"))
-        ctype = "Content-Type: application/sdp\r\n" if body else ""
-        return (f"SIP/2.0 {status} {reason}\r\n{vias}"
-                f"From: {request.headers.get('From')}\r\nTo: {request.headers.get('To')}\r\n"
-                f"Call-ID: {request.call_id}\r\nCSeq: {request.headers.get('CSeq')}\r\n"
-                f"Contact: <sip:caller@127.0.0.1:{self.port}>\r\n{ctype}"
-                f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
-
-    async def send(self, data: bytes) -> None:
-        await asyncio.get_running_loop().sock_sendto(self.sock, data, self.gateway)
-
-    async def receive(self, want: str, timeout: float = 5.0) -> Request | Response:
-        """The next message whose first line contains ``want`` (others are skipped)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            data, _ = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 65535),
-                                             max(0.01, deadline - loop.time()))
-            if want in data.split(b"\r\n", 1)[0].decode():
-                return parse_message(data)
-
-
 async def _glare() -> dict[str, float]:
     async with in_process(rtp_ports=10) as gw:
-        uac = Uac(gw.sip_addresses["udp"])
+        uac = ScriptedUac(gw.sip_addresses["udp"])
         try:
             return await _call_with_glare(gw, uac)
         finally:
             uac.sock.close()
 
 
-async def _call_with_glare(gw: InProcessGateway, uac: Uac) -> dict[str, float]:
+async def _call_with_glare(gw: InProcessGateway, uac: ScriptedUac) -> dict[str, float]:
     uri = f"sip:{PROJECT_ID}@127.0.0.1:{uac.gateway[1]}"
     # The call: INVITE (no Session-Expires: callgate becomes the refresher), 200, ACK.
     await uac.send(uac.request("INVITE", uri, 1, "inv1", to=f"<{uri}>",

@@ -105,7 +105,7 @@ def test_out_of_rtp_ports_answers_503_with_retry_after(tmp_path: Path) -> None:
     with callgate(tmp_path, rtp_ports=free_rtp_range(2)) as gw:
         result = sipp(gw, "uac_wait_caller_bye_long", tmp_path, calls=2, rate=50)
         assert result.successful == 1 and result.failed == 1, result.output
-        assert len(gw.events("call.rtp_ports_exhausted")) == 1
+        assert len(gw.events("call.media_unavailable")) == 1
         assert any('new=failed reason="no free RTP port"' in line
                    for line in gw.events("call.state"))
 

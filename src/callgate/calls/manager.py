@@ -193,15 +193,18 @@ class CallManager:
             await engine.aclose()
             if isinstance(exc, NegotiationError):  # checked when the INVITE came; not expected
                 raise CallFailed(exc.reason) from None
-            if isinstance(exc, PortsExhausted):
-                # Out of RTP ports is a capacity limit like max_calls: the caller (or its
-                # proxy) should try another gateway or come back, not wait for a timeout.
-                event(logger, "call.rtp_ports_exhausted", logging.WARNING, call_id=call.id,
-                      rtp_ports=f"{self.port_pool.low}-{self.port_pool.high}")
+            if isinstance(exc, PortsExhausted | OSError):
+                # Out of RTP ports or file descriptors is a capacity limit like max_calls: the
+                # caller (or its proxy) should try another gateway or come back, not wait for
+                # a timeout.
+                reason = ("no free RTP port" if isinstance(exc, PortsExhausted) else
+                          f"cannot open RTP sockets: {exc.strerror or exc}")
+                event(logger, "call.media_unavailable", logging.WARNING, call_id=call.id,
+                      reason=reason, rtp_ports=f"{self.port_pool.low}-{self.port_pool.high}")
                 if call.state is CallState.RINGING:
-                    self.finish_ringing(call, 503, CallState.FAILED, "no free RTP port",
+                    self.finish_ringing(call, 503, CallState.FAILED, reason,
                                         headers=[("Retry-After", "10")])
-                raise CallFailed(str(exc), code="rtp_ports_exhausted") from None
+                raise CallFailed(f"{reason} ({exc})", code="media_unavailable") from None
             raise
         call.media, call.engine, call.accepted_config = media, engine, dict(session)
         response = make_response(

@@ -31,8 +31,10 @@ logger = logging.getLogger(__name__)
 
 # The kernel's default UDP receive queue (~200 KiB) holds about a hundred small datagrams; a
 # loop that stalls for a moment at 100+ calls/s overflows it, and every ACK or BYE lost there
-# comes back as a retransmission storm. Ask for more (the kernel caps it at net.core.rmem_max).
+# comes back as a retransmission storm. Ask for more: SO_RCVBUFFORCE where the process may
+# (CAP_NET_ADMIN, e.g. root in a container), else SO_RCVBUF, which net.core.rmem_max caps.
 UDP_RECEIVE_BUFFER = 8 << 20
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; absent from some builds
 
 EventCallback = Callable[[Event], None]
 
@@ -195,7 +197,10 @@ class SipTransportManager:
         family, kind, proto, _, address = infos[0]
         sock = socket.socket(family, kind, proto)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, UDP_RECEIVE_BUFFER)
+            except OSError:  # not privileged: the plain option, up to rmem_max
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
             sock.setblocking(False)
             sock.bind(address)
             transport, _ = await self.loop.create_datagram_endpoint(
