@@ -18,6 +18,19 @@ from callgate.realtime.items import Conversation
 from callgate.realtime.responses import AudioOutput, Emit, Playback
 
 
+def heard(parts: list[Playback], dropped_ms: int) -> list[tuple[Playback, int]]:
+    """When the line drops ``dropped_ms`` of queued audio: each part cut short, oldest first,
+    with the milliseconds of it the caller did hear."""
+    cuts: list[tuple[Playback, int]] = []
+    for pb in reversed(parts):  # the newest audio is the part still queued
+        cut = min(pb.sent_ms, dropped_ms)
+        dropped_ms -= cut
+        if cut > 0:
+            cuts.append((pb, pb.sent_ms - cut))
+    cuts.reverse()
+    return cuts
+
+
 class LinePlayback:
     def __init__(self, output: AudioOutput, conversation: Conversation, emit: Emit,
                  spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
@@ -66,16 +79,11 @@ class LinePlayback:
             return
         dropped = self.output.clear()
         self.stop_watching()
-        cuts: list[tuple[Playback, int]] = []
-        for pb in reversed(self.parts):  # the newest audio is the part still queued
-            cut = min(pb.sent_ms, dropped)
-            dropped -= cut
-            if cut > 0:
-                cuts.append((pb, pb.sent_ms - cut))
+        cuts = heard(self.parts, dropped)
         for response_id in dict.fromkeys(pb.response_id for pb in self.parts):
             self._emit({"type": "output_audio_buffer.cleared", "response_id": response_id})
         self.parts.clear()
-        for pb, played in reversed(cuts):
+        for pb, played in cuts:
             if pb.item_id in self._conversation:
                 self._conversation.truncate(pb.item_id, pb.content_index, played)
                 self._emit({"type": "conversation.item.truncated", "item_id": pb.item_id,

@@ -31,6 +31,7 @@ import copy
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from callgate.engines.base import AudioDelta, EngineError, EngineEvent, RelayedEvent
+from callgate.realtime.playback import heard
 from callgate.realtime.protocol import ClientEvent, ProtocolError
 from callgate.realtime.responses import Playback
 
@@ -125,17 +126,12 @@ class Relay:
         line = self.session.line
         if line is None or not line.parts:
             return False
-        dropped = line.output.queued_ms()  # what line.clear() is about to drop
-        heard: list[tuple[Playback, int]] = []
-        for pb in reversed(line.parts):  # the newest audio is the part still queued
-            cut = min(pb.sent_ms, dropped)
-            dropped -= cut
-            if cut > 0:
-                heard.append((pb, pb.sent_ms - cut))
+        # What line.clear() is about to drop, split over the parts as it will split it.
+        cuts = heard(line.parts, line.output.queued_ms())
         line.clear()  # says output_audio_buffer.cleared
         # An upstream that is gone needs no truncation: its loss was already reported.
         with contextlib.suppress(RuntimeError):
-            for pb, played in reversed(heard):
+            for pb, played in cuts:
                 self.engine.forward_client_event({
                     "type": "conversation.item.truncate", "item_id": pb.item_id,
                     "content_index": pb.content_index, "audio_end_ms": played})
