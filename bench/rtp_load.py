@@ -41,10 +41,11 @@ FRAME_S = 0.020
 SAMPLES = 160
 SILENCE = b"\xff" * SAMPLES
 _NOISE_FRAMES = 50
-# A second of Gaussian noise at sigma 60 (about -55 dBFS), μ-law encoded, cycled per tick.
-NOISE = [ulaw_encode(array("h", (round(random.Random(i * SAMPLES + j).gauss(0.0, 60.0))
-                                 for j in range(SAMPLES))).tobytes())
-         for i in range(_NOISE_FRAMES)]
+# A second of Gaussian noise at sigma 60 (about -55 dBFS), μ-law encoded, cycled per tick;
+# seeded, so every run sends the same.
+_RNG = random.Random(0)
+NOISE = [ulaw_encode(array("h", (round(_RNG.gauss(0.0, 60.0)) for _ in range(SAMPLES))).tobytes())
+         for _ in range(_NOISE_FRAMES)]
 BURST = ulaw_encode(b"".join(
     struct.pack("<h", round(16000 * math.sin(2 * math.pi * 1000 * i / 8000)))
     for i in range(SAMPLES)))

@@ -136,6 +136,13 @@ def make_router(registry: SessionRegistry) -> Any:
     return make_realtime_router(registry, load(api_key=API_KEY))
 
 
+async def connected(up: Upstream, model: str = "echo") -> tuple[UpstreamRealtimeEngine, Reader]:
+    """An upstream engine connected to ``up``, what it yields collected from now on."""
+    engine = UpstreamRealtimeEngine(up.route(model))
+    await engine.connect()
+    return engine, Reader(engine)
+
+
 class Reader:
     """Collects what an engine's ``events()`` yields, in order, in a task."""
 
@@ -182,9 +189,7 @@ def run(main: Callable[[], Awaitable[None]]) -> None:
 def test_caller_audio_comes_back_from_an_echo_upstream() -> None:
     async def main() -> None:
         async with upstream() as up:
-            engine = UpstreamRealtimeEngine(up.route("echo"))
-            await engine.connect()
-            reader = Reader(engine)
+            engine, reader = await connected(up)
             said = pcm_ramp(1000)
             early, late = frames(said)[:10], frames(said)[10:]
             for frame in early:  # the line may deliver audio before the session starts
@@ -230,9 +235,7 @@ def test_caller_audio_comes_back_from_an_echo_upstream() -> None:
 def test_application_events_go_upstream_with_the_line_format_kept() -> None:
     async def main() -> None:
         async with upstream() as up:
-            engine = UpstreamRealtimeEngine(up.route("echo"))
-            await engine.connect()
-            reader = Reader(engine)
+            engine, reader = await connected(up)
             await engine.start({})
             engine.forward_client_event({
                 "type": "session.update", "event_id": "evt_app_1",
@@ -263,9 +266,7 @@ def test_application_events_go_upstream_with_the_line_format_kept() -> None:
 def test_respond_asks_the_upstream_for_a_response() -> None:
     async def main() -> None:
         async with upstream(replies=[speech_reply("Hello there.", 300)]) as up:
-            engine = UpstreamRealtimeEngine(up.route("gpt-realtime"))
-            await engine.connect()
-            reader = Reader(engine)
+            engine, reader = await connected(up, "gpt-realtime")
             await engine.start({"audio": {"input": {"turn_detection": None}}})
             out = [ev async for ev in engine.respond(ResponseRequest(
                 instructions="Greet the caller.", conversation=[], voice="cedar"))]
@@ -320,9 +321,7 @@ def test_a_silent_upstream_times_out() -> None:
 def test_losing_the_upstream_is_one_error_and_nothing_else_breaks() -> None:
     async def main() -> None:
         async with upstream() as up:
-            engine = UpstreamRealtimeEngine(up.route("echo"))
-            await engine.connect()
-            reader = Reader(engine)
+            engine, reader = await connected(up)
             await engine.start({})
             await reader.until(lambda: bool(reader.relayed("session.updated")))
             await up.registry.close_all("upstream going away")  # the upstream ends the socket
@@ -343,9 +342,8 @@ def test_losing_the_upstream_is_one_error_and_nothing_else_breaks() -> None:
 def test_an_upstream_that_does_not_read_costs_old_audio_then_the_connection() -> None:
     async def main() -> None:
         async with upstream() as up:
-            engine = UpstreamRealtimeEngine(up.route("echo"))
-            await engine.connect()  # not started: nothing is written, as with a stalled peer
-            reader = Reader(engine)
+            # Not started: nothing is written, as with a stalled peer.
+            engine, reader = await connected(up)
             for frame in frames(bytes(2 * 24000 * 5)):  # 5 s of caller audio
                 engine.push_audio(frame)
             assert engine.dropped_audio_ms == 3000
