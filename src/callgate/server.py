@@ -24,6 +24,7 @@ from callgate.calls.webhook import WebhookSender
 from callgate.config import Settings
 from callgate.engines.base import Engine
 from callgate.engines.registry import create_engine
+from callgate.engines.supervisor import close_workers
 from callgate.engines.threads import run_blocking
 from callgate.engines.vad import load_silero_model
 from callgate.log import event
@@ -149,6 +150,7 @@ class Gateway:
             if self.http_task is not None:
                 await self.http_task
         await self.sessions.close_all()
+        await close_workers()  # after the sessions: none is left waiting on a worker
         self.tick.stop()
         if self.sip is not None:
             await self.sip.close()

@@ -96,10 +96,12 @@ def voiced_spans(samples: np.ndarray[Any, Any], rate: int = RATE, *, threshold: 
 
 def transcribe(samples: np.ndarray[Any, Any], rate: int = RATE) -> str:
     """What Whisper tiny (callgate's own STT stage) hears in ``samples``."""
-    from callgate.engines.stt import WhisperTranscriber, to_whisper_audio
+    from callgate.engines.stt import FAST_OPTIONS, transcribe_job
 
-    audio = to_whisper_audio(samples.astype("<i2").tobytes(), rate)
-    return "".join(WhisperTranscriber().segments(audio, threading.Event())).strip()
+    # The worker's job, run here in the test process: the test is the listener, not the gateway.
+    args = {"model": "tiny", "threads": 2, "language": "en", "options": FAST_OPTIONS,
+            "pcm": samples.astype("<i2").tobytes(), "sample_rate": rate}
+    return "".join(transcribe_job(args, threading.Event())).strip()
 
 
 # --- the gateway's log ------------------------------------------------------------------------

@@ -72,8 +72,12 @@ class ResponseDone:
 
 @dataclass(frozen=True, slots=True)
 class EngineError:
+    """A stage failed. ``stage`` is set when the process running it died (``stt``, ``llm``,
+    ``tts``): the session then also sends an ``error`` event that names it."""
+
     message: str
     code: str = "engine_error"
+    stage: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

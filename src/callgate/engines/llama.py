@@ -1,4 +1,4 @@
-"""The in-process language model: llama.cpp through ``llama-cpp-python``.
+"""The embedded language model: llama.cpp through ``llama-cpp-python``, in the ``llm`` worker.
 
 ``llama-cpp-python`` is the optional ``callgate[llama]`` extra (it builds from source) and is
 imported only when a model is loaded. The model is a GGUF file, or ``owner/repo[:pattern]`` on
@@ -13,14 +13,14 @@ import atexit
 import importlib.util
 import threading
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from callgate.engines.base import ResponseRequest
 from callgate.engines.hub import ModelUnavailable, download_file, pick_file
 from callgate.engines.llm import ChunkAccumulator, LlmEvent, LlmUnavailable, chat_payload
-from callgate.engines.threads import closing, iterate_in_thread, run_blocking
+from callgate.engines.supervisor import WorkerProcess, workers
+from callgate.engines.threads import closing
 
 DEFAULT_GGUF_PATTERN = "*q4_k_m*.gguf"
 DEFAULT_THREADS = 2
@@ -55,7 +55,7 @@ def gguf_path(model: str, *, endpoint: str | None = None) -> str:
 
 
 class _LoadedLlama:
-    """One llama.cpp context; it serves one generation at a time (on ``_LLAMA_POOL``)."""
+    """One llama.cpp context in the ``llm`` worker; it serves one generation at a time."""
 
     def __init__(self, path: str, n_ctx: int, n_threads: int) -> None:
         try:
@@ -69,19 +69,22 @@ class _LoadedLlama:
 
 
 _LOAD_LOCK = threading.Lock()
-# Generations queue here, not on the shared inference pool: a dozen calls waiting for the one
-# llama.cpp context must not hold the workers that their own STT and TTS need.
-_LLAMA_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callgate-llama")
 _LLAMAS: dict[tuple[str, int, int], _LoadedLlama] = {}
 
 
-def _load_llama(model: str, n_ctx: int, n_threads: int) -> _LoadedLlama:
-    key = (model, n_ctx, n_threads)
-    if key not in _LLAMAS:
-        if not _LLAMAS:
-            atexit.register(_free_llamas)
-        _LLAMAS[key] = _LoadedLlama(gguf_path(model), n_ctx, n_threads)
-    return _LLAMAS[key]
+def _load_llama(args: dict[str, Any]) -> _LoadedLlama:
+    key = (args["model"], args["n_ctx"], args["n_threads"])
+    with _LOAD_LOCK:
+        if key not in _LLAMAS:
+            if not _LLAMAS:
+                atexit.register(_free_llamas)
+            try:
+                _LLAMAS[key] = _LoadedLlama(gguf_path(key[0]), key[1], key[2])
+            except ModelUnavailable as exc:
+                raise LlmUnavailable(str(exc)) from exc
+            except ValueError as exc:  # llama.cpp's "Failed to load model from file"
+                raise LlmUnavailable(f"llama.cpp cannot load {key[0]}: {exc}") from exc
+        return _LLAMAS[key]
 
 
 def _free_llamas() -> None:
@@ -92,8 +95,26 @@ def _free_llamas() -> None:
     _LLAMAS.clear()
 
 
+def load_job(args: dict[str, Any], stop: threading.Event) -> Iterator[dict[str, Any]]:
+    """Worker job: load the model and decode one token with it.
+
+    The token is the point: a build that cannot run on this CPU, or a model llama.cpp cannot
+    evaluate, fails now, while the gateway starts, instead of on a caller's first question.
+    """
+    _load_llama(args).llama.create_completion(" ", max_tokens=1)
+    yield from ()
+
+
+def chat_job(args: dict[str, Any], stop: threading.Event) -> Iterator[dict[str, Any]]:
+    """Worker job: the ``chat.completion.chunk`` dicts of one streamed reply."""
+    loaded = _load_llama(args)
+    if stop.is_set():  # closed while it waited for its turn
+        return
+    yield from loaded.llama.create_chat_completion(**args["payload"], stream=True)
+
+
 class LlamaCppChat:
-    """Chat completions from llama.cpp in this process; the model is shared per process."""
+    """Chat completions from llama.cpp in the ``llm`` worker, one generation at a time."""
 
     def __init__(self, model: str, *, n_ctx: int = 4096, n_threads: int = DEFAULT_THREADS,
                  max_tokens: int | None = None) -> None:
@@ -102,37 +123,27 @@ class LlamaCppChat:
         self.n_threads = n_threads
         self.max_tokens = max_tokens
 
-    def _loaded(self) -> _LoadedLlama:
-        with _LOAD_LOCK:
-            try:
-                return _load_llama(self.model, self.n_ctx, self.n_threads)
-            except ModelUnavailable as exc:
-                raise LlmUnavailable(str(exc)) from exc
-            except ValueError as exc:  # llama.cpp's "Failed to load model from file"
-                raise LlmUnavailable(f"llama.cpp cannot load {self.model}: {exc}") from exc
+    @property
+    def worker(self) -> WorkerProcess:
+        return workers().stage("llm")
+
+    def _model_args(self) -> dict[str, Any]:
+        return {"model": self.model, "n_ctx": self.n_ctx, "n_threads": self.n_threads}
 
     async def load(self) -> None:
-        await run_blocking(self._loaded, executor=_LLAMA_POOL)
+        await self.worker.preload(load_job, self._model_args())
 
     async def aclose(self) -> None:
         return None
 
-    def _chunks(self, payload: dict[str, Any], stop: threading.Event
-                ) -> Iterator[dict[str, Any]]:
-        loaded = self._loaded()
-        if stop.is_set():  # closed while it waited for its turn
-            return
-        payload = {key: value for key, value in payload.items() if key != "model"}
-        yield from loaded.llama.create_chat_completion(**payload, stream=True)
-
     async def stream(self, request: ResponseRequest) -> AsyncIterator[LlmEvent]:
-        payload = chat_payload(request, self.model)
+        payload = {key: value for key, value in chat_payload(request, self.model).items()
+                   if key != "model"}
         if self.max_tokens is not None:
             payload.setdefault("max_tokens", self.max_tokens)
         acc = ChunkAccumulator()
-        async with closing(
-                iterate_in_thread(lambda stop: self._chunks(payload, stop),
-                                  executor=_LLAMA_POOL)) as chunks:
+        async with closing(self.worker.iterate(
+                chat_job, {**self._model_args(), "payload": payload})) as chunks:
             async for chunk in chunks:
                 for delta in acc.feed(chunk):
                     yield delta

@@ -47,6 +47,7 @@ from callgate.engines.llm import (
     UnavailableChat,
 )
 from callgate.engines.stt import WhisperTranscriber
+from callgate.engines.supervisor import WorkerCrashed, WorkerProcess
 from callgate.engines.threads import closing
 from callgate.engines.tts import PiperSpeech
 from callgate.log import event
@@ -82,6 +83,7 @@ class _Failed:
     message: str
     code: str
     unavailable: bool
+    stage: str | None = None
 
 
 _Item = Stage | _Clause | TextDelta | ToolCall | LlmDone | _Failed
@@ -123,6 +125,10 @@ class CascadeEngine(Engine):
                     if isinstance(item, TranscriptDone):
                         yield Stage("transcript_ready", time.monotonic())
                     yield item
+        except WorkerCrashed as exc:
+            event(logger, "transcription_failed", logging.WARNING, engine=self.name,
+                  error=str(exc))
+            yield _worker_error(exc, "transcription")
         except Exception as exc:
             event(logger, "transcription_failed", logging.WARNING, engine=self.name,
                   error=str(exc))
@@ -146,7 +152,7 @@ class CascadeEngine(Engine):
                             if isinstance(out, ResponseDone):
                                 return
                 elif isinstance(item, _Failed):
-                    yield EngineError(item.message, item.code)
+                    yield EngineError(item.message, item.code, item.stage)
                     if audio and not spoke:
                         apology = UNAVAILABLE_SPEECH if item.unavailable else FAILED_SPEECH
                         yield TextDelta(apology)
@@ -197,6 +203,10 @@ class CascadeEngine(Engine):
         except LlmError as exc:
             event(logger, "llm_failed", logging.WARNING, engine=self.name, error=str(exc))
             queue.put_nowait(_Failed(str(exc), exc.code, isinstance(exc, LlmUnavailable)))
+        except WorkerCrashed as exc:
+            event(logger, "llm_failed", logging.WARNING, engine=self.name, error=str(exc))
+            failure = _worker_error(exc, "the language model")
+            queue.put_nowait(_Failed(failure.message, failure.code, False, failure.stage))
         except Exception as exc:  # a bug or an unexpected library error: still answer
             logger.exception("llm_failed")
             queue.put_nowait(_Failed(f"language model failed: {exc}", "llm_error", False))
@@ -215,10 +225,24 @@ class CascadeEngine(Engine):
                         first = False
                     for offset in range(0, len(pcm), MAX_DELTA_BYTES):
                         yield AudioDelta(pcm[offset:offset + MAX_DELTA_BYTES])
+        except WorkerCrashed as exc:
+            event(logger, "tts_failed", logging.WARNING, engine=self.name, error=str(exc))
+            yield _worker_error(exc, "speech synthesis")
+            yield ResponseDone(status="failed", reason="tts_failed")
         except Exception as exc:
             event(logger, "tts_failed", logging.WARNING, engine=self.name, error=str(exc))
             yield EngineError(f"speech synthesis failed: {exc}", "tts_failed")
             yield ResponseDone(status="failed", reason="tts_failed")
+
+    def unavailable_stages(self) -> list[str]:
+        """Stages whose worker is crash-looping: a new session would only fail on them."""
+        return [worker.stage for stage in (self.stt, self.llm, self.tts)
+                if isinstance(worker := getattr(stage, "worker", None), WorkerProcess)
+                and not worker.available]
+
+
+def _worker_error(exc: WorkerCrashed, what: str) -> EngineError:
+    return EngineError(f"{what} failed: {exc}", f"{exc.stage}_worker_failed", exc.stage)
 
 
 def local_chat_model(settings: Settings, route: ModelRoute | None = None) -> ChatModel:

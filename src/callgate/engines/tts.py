@@ -1,4 +1,4 @@
-"""Text to speech with Piper, streamed per sentence, off the event loop.
+"""Text to speech with Piper, streamed per sentence, in the ``tts`` worker process.
 
 ``piper-tts`` is GPL-3.0-or-later (it embeds espeak-ng), so it is imported here only, and only
 when a voice is loaded: callgate without the ``local`` extra never touches it.
@@ -26,7 +26,8 @@ import soxr
 
 from callgate.engines.base import Engine
 from callgate.engines.hub import ModelUnavailable, download_file
-from callgate.engines.threads import closing, iterate_in_thread, run_blocking
+from callgate.engines.supervisor import WorkerProcess, workers
+from callgate.engines.threads import closing
 
 SHIPPED_VOICE = "en_US-joe-medium"
 VOICE_REPO = "rhasspy/piper-voices"
@@ -93,8 +94,31 @@ def load_voice(name: str = SHIPPED_VOICE, *, threads: int = 2) -> Any:
         return _load(name, threads)
 
 
+def load_job(args: dict[str, Any], stop: threading.Event) -> Iterator[bytes]:
+    """Worker job: load a voice (the worker keeps it for later turns)."""
+    load_voice(args["voice"], threads=args["threads"])
+    yield from ()
+
+
+def synthesize_job(args: dict[str, Any], stop: threading.Event) -> Iterator[bytes]:
+    """Worker job: 24 kHz PCM16 per sentence of ``args["text"]`` until ``stop`` is set."""
+    from piper.config import SynthesisConfig
+
+    piper_voice = load_voice(args["voice"], threads=args["threads"])
+    config = SynthesisConfig(length_scale=1.0 / max(args["speed"], 0.25),
+                             volume=args["volume"])
+    rate = int(piper_voice.config.sample_rate)
+    for chunk in piper_voice.synthesize(args["text"], syn_config=config):
+        if stop.is_set():
+            return
+        audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
+        if rate != Engine.sample_rate:
+            audio = soxr.resample(audio, rate, Engine.sample_rate)
+        yield (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
 class PiperSpeech:
-    """Speaks text with a Piper voice; one instance per engine, voices shared per process."""
+    """Speaks text with a Piper voice in the ``tts`` worker; voices load once per worker."""
 
     def __init__(self, default_voice: str = SHIPPED_VOICE, *, threads: int = 2,
                  volume: float = 0.8) -> None:
@@ -103,34 +127,22 @@ class PiperSpeech:
         # Piper normalises each sentence to full scale; leave headroom for the codecs.
         self.volume = volume
 
+    @property
+    def worker(self) -> WorkerProcess:
+        return workers().stage("tts")
+
     def voice_for(self, voice: str | None) -> str:
         return voice if voice and is_voice(voice) else self.default_voice
 
     async def load(self, voice: str | None = None) -> None:
-        name = self.voice_for(voice)
-        await run_blocking(lambda: load_voice(name, threads=self.threads))
-
-    def chunks(self, text: str, *, voice: str, speed: float, stop: threading.Event
-               ) -> Iterator[bytes]:
-        """Blocking: 24 kHz PCM16 per sentence of ``text`` until ``stop`` is set."""
-        from piper.config import SynthesisConfig
-
-        piper_voice = load_voice(voice, threads=self.threads)
-        config = SynthesisConfig(length_scale=1.0 / max(speed, 0.25), volume=self.volume)
-        rate = int(piper_voice.config.sample_rate)
-        for chunk in piper_voice.synthesize(text, syn_config=config):
-            if stop.is_set():
-                return
-            audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
-            if rate != Engine.sample_rate:
-                audio = soxr.resample(audio, rate, Engine.sample_rate)
-            yield (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        await self.worker.preload(load_job, {"voice": self.voice_for(voice),
+                                             "threads": self.threads})
 
     async def speak(self, text: str, *, voice: str | None = None, speed: float = 1.0
                     ) -> AsyncIterator[bytes]:
         """PCM16 mono at 24 kHz, a piece per sentence; closing the iterator stops synthesis."""
-        name = self.voice_for(voice)
-        async with closing(iterate_in_thread(
-                lambda stop: self.chunks(text, voice=name, speed=speed, stop=stop))) as pieces:
+        args = {"text": text, "voice": self.voice_for(voice), "speed": speed,
+                "volume": self.volume, "threads": self.threads}
+        async with closing(self.worker.iterate(synthesize_job, args)) as pieces:
             async for pcm in pieces:
                 yield pcm

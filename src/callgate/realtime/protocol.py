@@ -28,6 +28,8 @@ from openai.types.realtime.realtime_client_event import RealtimeClientEvent
 from openai.types.realtime.realtime_session_create_request import RealtimeSessionCreateRequest
 from openai.types.realtime.response_item_reference import ResponseItemReference
 
+from callgate.engines.base import EngineError
+
 MAX_EVENT_BYTES = 15 * 1024 * 1024
 
 # Every GA client event type -> the SDK model that describes it.
@@ -63,6 +65,11 @@ class ProtocolError(Exception):
         return {"type": "error", "event_id": new_id("event"),
                 "error": {"type": self.error_type, "code": self.code, "message": self.message,
                           "param": self.param, "event_id": self.event_id}}
+
+
+def engine_error_event(error: EngineError) -> dict[str, Any]:
+    """The ``error`` server event for an engine failure that is not the client's doing."""
+    return ProtocolError(error.message, code=error.code, error_type="server_error").to_event()
 
 
 @dataclass(frozen=True, slots=True)

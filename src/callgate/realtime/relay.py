@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from callgate.engines.base import AudioDelta, EngineError, EngineEvent, RelayedEvent
 from callgate.realtime.playback import heard
-from callgate.realtime.protocol import ClientEvent, ProtocolError
+from callgate.realtime.protocol import ClientEvent, ProtocolError, engine_error_event
 from callgate.realtime.responses import Playback
 
 if TYPE_CHECKING:
@@ -76,9 +76,7 @@ class Relay:
                 line.parts[-1].sent_samples += len(ev.pcm) // 2
                 line.output.play(ev.pcm)
         elif isinstance(ev, EngineError):
-            self.session.emit({"type": "error", "error": {
-                "type": "server_error", "code": ev.code, "message": ev.message, "param": None,
-                "event_id": None}})
+            self.session.emit(engine_error_event(ev))
         elif isinstance(ev, RelayedEvent):
             self._server_event(ev.event)
 

@@ -33,7 +33,7 @@ from callgate.engines.base import (
 )
 from callgate.log import event
 from callgate.realtime.items import Conversation
-from callgate.realtime.protocol import new_id
+from callgate.realtime.protocol import engine_error_event, new_id
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +181,8 @@ class ResponseRun:
         elif isinstance(ev, ResponseDone):
             self._engine_done = ev
         elif isinstance(ev, EngineError):
+            if ev.stage is not None:  # a worker died: say so beyond this response's status
+                self._emit(engine_error_event(ev))
             self.finish("failed", error={"type": "server_error", "code": ev.code,
                                          "message": ev.message})
         elif isinstance(ev, RelayedEvent):

@@ -12,6 +12,7 @@ from typing import Any
 
 from callgate.engines.base import Engine, EngineError, Stage, TranscriptDelta, TranscriptDone
 from callgate.realtime.items import Conversation
+from callgate.realtime.protocol import engine_error_event
 from callgate.realtime.responses import Emit, Timeline
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ async def transcribe(engine: Engine, conversation: Conversation, emit: Emit, ite
             elif isinstance(ev, EngineError):
                 failure = {"type": "transcription_error", "code": ev.code,
                            "message": ev.message}
+                if ev.stage is not None:  # a worker died: say so beyond this item's status
+                    emit(engine_error_event(ev))
                 break
     except Exception as exc:  # an engine bug must not end the call
         logger.exception("transcription failed")
