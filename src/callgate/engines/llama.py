@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -54,6 +55,32 @@ def gguf_path(model: str, *, endpoint: str | None = None) -> str:
     return download_file(repo_id, filename, what=what, endpoint=endpoint)
 
 
+# llama.cpp's system-info names for the instruction sets a build was compiled with, and the
+# /proc/cpuinfo flag each needs.
+_CPU_FLAGS = {"SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX2": "avx2", "F16C": "f16c",
+              "FMA": "fma", "BMI2": "bmi2", "AVX_VNNI": "avx_vnni", "AVX512": "avx512f",
+              "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni",
+              "AVX512_BF16": "avx512_bf16", "AMX_INT8": "amx_int8"}
+
+
+def unsupported_instructions(system_info: str, cpu_flags: set[str]) -> list[str]:
+    """Instruction sets the llama.cpp build uses (its ``llama_print_system_info``) that this
+    CPU does not have: such a build dies of SIGILL on its first matrix."""
+    built = re.findall(r"(\w+) = 1", system_info)
+    return [name for name in built if name in _CPU_FLAGS and _CPU_FLAGS[name] not in cpu_flags]
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return None  # not x86: no flags line to check against
+
+
 class _LoadedLlama:
     """One llama.cpp context in the ``llm`` worker; it serves one generation at a time."""
 
@@ -61,9 +88,18 @@ class _LoadedLlama:
         try:
             from llama_cpp import Llama
         except ModuleNotFoundError as exc:
-            raise LlmUnavailable("in-process llama.cpp needs llama-cpp-python: "
+            raise LlmUnavailable("llama.cpp needs llama-cpp-python: "
                                  "pip install 'callgate[llama]', or set "
                                  "CALLGATE_LLM_BASE_URL to an OpenAI-compatible server") from exc
+        from llama_cpp import llama_cpp as native
+
+        flags = _cpu_flags()
+        if flags is not None and (missing := unsupported_instructions(
+                native.llama_print_system_info().decode(errors="replace"), flags)):
+            raise LlmUnavailable(f"this llama.cpp build uses {', '.join(missing)}, which this "
+                                 "CPU lacks: reinstall llama-cpp-python built for it (see the "
+                                 "Makefile's LLAMA_CMAKE_ARGS), or set CALLGATE_LLM_BASE_URL "
+                                 "to an OpenAI-compatible server")
         self.llama: Any = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads,
                                 verbose=False)
 

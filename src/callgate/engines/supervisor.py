@@ -262,6 +262,9 @@ class WorkerProcess:
             event(logger, "worker.protocol_error", logging.ERROR, stage=self.stage,
                   pid=proc.pid, error=str(exc))
             proc.kill()
+        except asyncio.CancelledError:
+            self._closed = True  # the event loop is going away: the worker goes with it
+            raise
         finally:
             writer.close()
             code = await proc.wait()
