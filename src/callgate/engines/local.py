@@ -80,10 +80,8 @@ class _Clause:
 
 @dataclass(frozen=True, slots=True)
 class _Failed:
-    message: str
-    code: str
+    error: EngineError
     unavailable: bool
-    stage: str | None = None
 
 
 _Item = Stage | _Clause | TextDelta | ToolCall | LlmDone | _Failed
@@ -125,14 +123,10 @@ class CascadeEngine(Engine):
                     if isinstance(item, TranscriptDone):
                         yield Stage("transcript_ready", time.monotonic())
                     yield item
-        except WorkerCrashed as exc:
-            event(logger, "transcription_failed", logging.WARNING, engine=self.name,
-                  error=str(exc))
-            yield _worker_error(exc, "transcription")
         except Exception as exc:
             event(logger, "transcription_failed", logging.WARNING, engine=self.name,
                   error=str(exc))
-            yield EngineError(f"transcription failed: {exc}", "transcription_failed")
+            yield _failure(exc, "transcription", "transcription_failed")
 
     async def respond(self, request: ResponseRequest) -> AsyncIterator[EngineEvent]:
         audio = "audio" in request.output_modalities
@@ -152,7 +146,7 @@ class CascadeEngine(Engine):
                             if isinstance(out, ResponseDone):
                                 return
                 elif isinstance(item, _Failed):
-                    yield EngineError(item.message, item.code, item.stage)
+                    yield item.error
                     if audio and not spoke:
                         apology = UNAVAILABLE_SPEECH if item.unavailable else FAILED_SPEECH
                         yield TextDelta(apology)
@@ -161,7 +155,7 @@ class CascadeEngine(Engine):
                             async for out in spoken:
                                 if not isinstance(out, ResponseDone):
                                     yield out
-                    yield ResponseDone(status="failed", reason=item.code)
+                    yield ResponseDone(status="failed", reason=item.error.code)
                     return
                 elif isinstance(item, LlmDone):
                     if item.finish_reason == "length":
@@ -202,14 +196,14 @@ class CascadeEngine(Engine):
             raise LlmError("the language model stream ended without a result")
         except LlmError as exc:
             event(logger, "llm_failed", logging.WARNING, engine=self.name, error=str(exc))
-            queue.put_nowait(_Failed(str(exc), exc.code, isinstance(exc, LlmUnavailable)))
+            queue.put_nowait(_Failed(EngineError(str(exc), exc.code),
+                                     isinstance(exc, LlmUnavailable)))
         except WorkerCrashed as exc:
             event(logger, "llm_failed", logging.WARNING, engine=self.name, error=str(exc))
-            failure = _worker_error(exc, "the language model")
-            queue.put_nowait(_Failed(failure.message, failure.code, False, failure.stage))
+            queue.put_nowait(_Failed(_failure(exc, "the language model", "llm_error"), False))
         except Exception as exc:  # a bug or an unexpected library error: still answer
             logger.exception("llm_failed")
-            queue.put_nowait(_Failed(f"language model failed: {exc}", "llm_error", False))
+            queue.put_nowait(_Failed(_failure(exc, "the language model", "llm_error"), False))
 
     async def _speak(self, text: str, request: ResponseRequest, *, first: bool
                      ) -> AsyncIterator[Stage | AudioDelta | EngineError | ResponseDone]:
@@ -225,13 +219,9 @@ class CascadeEngine(Engine):
                         first = False
                     for offset in range(0, len(pcm), MAX_DELTA_BYTES):
                         yield AudioDelta(pcm[offset:offset + MAX_DELTA_BYTES])
-        except WorkerCrashed as exc:
-            event(logger, "tts_failed", logging.WARNING, engine=self.name, error=str(exc))
-            yield _worker_error(exc, "speech synthesis")
-            yield ResponseDone(status="failed", reason="tts_failed")
         except Exception as exc:
             event(logger, "tts_failed", logging.WARNING, engine=self.name, error=str(exc))
-            yield EngineError(f"speech synthesis failed: {exc}", "tts_failed")
+            yield _failure(exc, "speech synthesis", "tts_failed")
             yield ResponseDone(status="failed", reason="tts_failed")
 
     def unavailable_stages(self) -> list[str]:
@@ -241,8 +231,11 @@ class CascadeEngine(Engine):
                 and not worker.available]
 
 
-def _worker_error(exc: WorkerCrashed, what: str) -> EngineError:
-    return EngineError(f"{what} failed: {exc}", f"{exc.stage}_worker_failed", exc.stage)
+def _failure(exc: Exception, what: str, code: str) -> EngineError:
+    """A stage's failure as the session sees it; a dead worker is named as the stage's own."""
+    if isinstance(exc, WorkerCrashed):
+        return EngineError(f"{what} failed: {exc}", f"{exc.stage}_worker_failed", exc.stage)
+    return EngineError(f"{what} failed: {exc}", code)
 
 
 def local_chat_model(settings: Settings, route: ModelRoute | None = None) -> ChatModel:
