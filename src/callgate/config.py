@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -66,7 +66,10 @@ class Trunk(BaseModel):
     realm: str | None = None
     domain: str | None = Field(None, description="AOR domain for REGISTER and the From of "
                                "outbound calls (default: the address's host).")
-    register: bool = False
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    # "register" in TOML; BaseModel has a method of that name.
+    registers: bool = Field(False, alias="register")
     expires: int = Field(3600, ge=60, le=86400)
     keepalive: float = Field(30.0, ge=0, description="NAT keep-alive interval (s; 0: off).")
     inbound_cidrs: list[str] = Field(default_factory=list)
@@ -110,7 +113,7 @@ class Trunk(BaseModel):
 
     @model_validator(mode="after")
     def _check_auth(self) -> Trunk:
-        if (self.register or self.inbound_challenge) and not (self.username and self.password):
+        if (self.registers or self.inbound_challenge) and not (self.username and self.password):
             raise ValueError("register and inbound_challenge need username and password")
         return self
 

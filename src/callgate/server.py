@@ -109,6 +109,7 @@ class Gateway:
             for name, (_, port) in self.sip_addresses.items():
                 endpoint.sent_by[name] = (s.public_ip, port)
         contact_ports.update({name: addr[1] for name, addr in self.sip_addresses.items()})
+        self.calls.start()
 
         app = create_app(s, self.calls, extra_routers=[
             make_realtime_router(self.sessions, s, self.engine_for)])

@@ -24,6 +24,7 @@ class SendResponse:
 @dataclass(frozen=True, slots=True)
 class SendRequest:
     """Start a client transaction; its key is ``tx_key`` (the core chose the Via branch).
+    ``call_id`` names who sent it: a call, or ``trunk:NAME`` for a registration.
     ``addr`` may name a host the shell must resolve (a trunk); a failure to resolve is fed
     back as a transport ``TransactionTimeout`` for ``tx_key``."""
 
@@ -40,6 +41,14 @@ class SendAck:
 
     call_id: str
     request: Request
+    addr: Addr
+    transport: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendKeepalive:
+    """A CRLF keep-alive on the TCP/TLS connection to a trunk (RFC 5626 §3.5.1)."""
+
     addr: Addr
     transport: str
 
@@ -102,5 +111,5 @@ class Release:
     reason: str
 
 
-Action = (SendResponse | SendRequest | SendAck | OfferCall | Notify | ConfigureMedia
+Action = (SendResponse | SendRequest | SendAck | SendKeepalive | OfferCall | Notify | ConfigureMedia
           | StartSession | Dtmf | CheckMedia | Release)

@@ -8,21 +8,19 @@ by the same events and ``now``, acting only through the core's queue of actions.
 from __future__ import annotations
 
 import logging
-import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from callgate.calls import actions as act
+from callgate.calls.base import CoreBase
 from callgate.calls.call import Call
 from callgate.calls.screening import ALLOW_HEADER, new_crypto_key
 from callgate.calls.session_timer import IntervalTooSmall, negotiate
 from callgate.calls.state import CallState
-from callgate.config import Settings
 from callgate.log import event
 from callgate.media.dtmf import parse_dtmf_relay
 from callgate.media.offer_answer import (
     CryptoSuite,
     NegotiationError,
-    accept_answer,
     answer_offer,
 )
 from callgate.sip import events as ev
@@ -32,23 +30,7 @@ from callgate.sip.sdp import SdpError, parse_sdp
 logger = logging.getLogger("callgate.calls")
 
 
-class MidCall:
-    settings: Settings
-    rng: random.Random
-    _pending: dict[ev.TxKey, tuple[Call, Request]]
-
-    if TYPE_CHECKING:  # provided by CallCore
-        def _emit(self, action: act.Action) -> None: ...
-        def _arm(self, call: Call, name: str, when: float) -> None: ...
-        def _respond(self, tx_key: ev.TxKey, response: Response) -> None: ...
-        def _send(self, call: Call, request: Request, addr: ev.Addr, transport: str) -> None: ...
-        def _send_in_dialog(self, call: Call, method: str, *, body: bytes = b"",
-                            content_type: str | None = None,
-                            headers: list[tuple[str, str]] | None = None) -> None: ...
-        def _next_hop(self, call: Call) -> tuple[ev.Addr, str]: ...
-        def end(self, call: Call, reason: str, now: float, *, send_bye: bool,
-                headers: list[tuple[str, str]] | None = None) -> None: ...
-
+class MidCall(CoreBase):
     def _answer(self, rx: ev.RequestReceived, status: int, **kwargs: Any) -> None:
         self._respond(rx.tx_key, make_response(rx.request, status, **kwargs))
 
@@ -140,20 +122,6 @@ class MidCall:
         elif status >= 300:
             call.refer_target = None  # the transfer failed; the call goes on
 
-    def late_answer(self, call: Call, ack: Request, now: float) -> bool:
-        """Late offer: the answer to the offer in our 2xx arrives in the ACK (RFC 3264 §5,
-        RFC 3261 §13.2.1). False when it is unusable: the call has been ended."""
-        if call.negotiated is not None or call.local_sdp is None:
-            return True
-        try:
-            call.negotiated = accept_answer(call.local_sdp, parse_sdp(ack.body))
-        except (SdpError, NegotiationError, ValueError) as exc:
-            event(logger, "call.bad_answer_in_ack", logging.WARNING, call_id=call.id,
-                  error=str(exc))
-            self.end(call, "no usable answer in the ACK", now, send_bye=True)
-            return False
-        return True
-
     def on_dialog_response(self, call: Call, request: Request, response: Response,
                            now: float) -> None:
         """A final answer to one of our in-dialog requests."""
@@ -175,10 +143,6 @@ class MidCall:
         elif method == "REFER" and status >= 300:
             event(logger, "call.refer_refused", logging.WARNING, call_id=call.id, status=status)
             call.refer_target = None
-
-    def arm_session_timer(self, call: Call, now: float) -> None:
-        if call.timer is not None:
-            self._arm(call, "session", call.timer.next_deadline(now))
 
     def session_timer_fired(self, call: Call, now: float) -> None:
         if call.timer is None or call.dialog is None or not call.state.is_up:

@@ -95,6 +95,11 @@ class CallShell:
                              local_ip=lambda remote: local_ip_toward(remote, self.settings))
         return self.core
 
+    def start(self) -> None:
+        """The listeners are bound: trunks may register now."""
+        self._core().start_trunks(self.loop.time())
+        self.pump()
+
     # -- bookkeeping ----------------------------------------------------------------------------
 
     @property
@@ -167,6 +172,9 @@ class CallShell:
                 sip.send_request(action.request, action.addr, action.transport)
             else:
                 self.spawn(self._resolve_and_send(action), f"resolve {action.addr[0]}")
+        elif isinstance(action, act.SendKeepalive):
+            if is_ip(action.addr[0]):
+                sip.send_keepalive(action.addr, action.transport)
         elif isinstance(action, act.SendAck):
             sip.send_ack(action.request, action.addr, action.transport)
         elif isinstance(action, act.OfferCall):
