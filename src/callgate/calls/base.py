@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Mapping
 from callgate.calls import actions as act
 from callgate.calls.call import Call
 from callgate.calls.control import CallNotFound, CallStateConflict
+from callgate.calls.progress import ENDED, FAILED, progress_event
 from callgate.calls.registration import Registration, TrunkTarget
 from callgate.calls.state import CallState, Trigger
 from callgate.config import Settings
@@ -48,6 +49,8 @@ class CoreBase:
         self.registrations: dict[str, Registration] = {}
         self._trunk_pending: dict[ev.TxKey, tuple[Registration, str]] = {}
         self._nonces: OrderedDict[str, None] = OrderedDict()  # ours, for inbound challenges
+        self._now = 0.0  # the latest input's time: stamps the events a release sends
+        self._cancelled: dict[ev.TxKey, Call] = {}  # our cancelled INVITEs, until they end
         self.rng = rng or random.Random()
         self.calls: dict[str, Call] = {}
         self.dialogs = DialogSet()
@@ -109,6 +112,12 @@ class CoreBase:
         self._by_invite.pop(call.tx_key, None)
         for key in [k for k, (c, _) in self._pending.items() if c is call]:
             del self._pending[key]
+        if call.direction == "outbound":
+            self._emit(act.Notify(call.id, progress_event(
+                ENDED, call.id, self._now, reason=call.end_reason)
+                if call.extra.get("answered") else progress_event(
+                FAILED, call.id, self._now, sip_status=call.extra.get("sip_status"),
+                reason=call.end_reason)))
         self._emit(act.Release(call.id, call.state, call.end_reason or "ended"))
 
     # -- the end of a call ----------------------------------------------------------------------

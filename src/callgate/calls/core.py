@@ -18,6 +18,7 @@ from callgate.calls.call import Call
 from callgate.calls.control import CallStateConflict
 from callgate.calls.inbound import Inbound
 from callgate.calls.midcall import MidCall
+from callgate.calls.outbound import Outbound
 from callgate.calls.screening import (
     ACCEPTED_TYPES,
     ALLOW_HEADER,
@@ -45,7 +46,7 @@ logger = logging.getLogger("callgate.calls")
 MAX_DURATION_REASON = 'Q.850;cause=102;text="maximum call duration reached"'
 
 
-class CallCore(Inbound, Trunking, MidCall):
+class CallCore(Inbound, Outbound, Trunking, MidCall):
     """All calls of one gateway (constructor: :class:`callgate.calls.base.CoreBase`)."""
 
     # -- timers ---------------------------------------------------------------------------------
@@ -55,6 +56,7 @@ class CallCore(Inbound, Trunking, MidCall):
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
+        self._now = now
         heap = self._heap
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
@@ -66,7 +68,11 @@ class CallCore(Inbound, Trunking, MidCall):
         self.trunk_timers(now)
 
     def _fire(self, call: Call, name: str, now: float) -> None:
-        if name == "ring":
+        if name == "ring" and call.direction == "outbound":
+            if call.state.is_early:
+                timeout = call.extra["plan"].ring_timeout
+                self._cancel(call, Trigger.TIMEOUT, f"not answered within {timeout:g}s", 408)
+        elif name == "ring":
             if call.state is CallState.RINGING:
                 self._finish_early(call, self.settings.accept_timeout_status, Trigger.TIMEOUT,
                                    f"not accepted within {self.settings.accept_timeout:g}s")
@@ -98,6 +104,7 @@ class CallCore(Inbound, Trunking, MidCall):
         event(logger, "sip.refer_sent", call_id=call.id, target=target_uri)
 
     def hangup(self, call_id: str, now: float) -> None:
+        self._now = now
         if call_id in self.ended and call_id not in self.calls:
             return  # already over: hanging up again changes nothing
         call = self.lookup(call_id)
@@ -107,6 +114,7 @@ class CallCore(Inbound, Trunking, MidCall):
             self.end(call, "hangup requested", now, send_bye=True)
 
     def session_failed(self, call_id: str, reason: str, now: float) -> None:
+        self._now = now
         call = self.calls.get(call_id)
         if call is not None:
             self.end(call, reason, now, send_bye=True)
@@ -115,6 +123,7 @@ class CallCore(Inbound, Trunking, MidCall):
         """The answer to :class:`CheckMedia`. A peer that vanished without a BYE (crashed
         phone, lost NAT binding) would hold its call forever: end it once no RTP came for
         ``media_timeout`` seconds, unless it is on hold and silence is what was asked for."""
+        self._now = now
         call = self.calls.get(call_id)
         if call is None or call.state is not CallState.ACTIVE:
             return
@@ -131,6 +140,7 @@ class CallCore(Inbound, Trunking, MidCall):
 
     def shutdown(self, now: float) -> None:
         """Gateway shutdown: every call is hung up."""
+        self._now = now
         for call in list(self.calls.values()):
             if call.state.is_early and call.direction == "inbound":
                 self._finish_early(call, 503, Trigger.FAIL, "gateway shutting down",
@@ -143,6 +153,7 @@ class CallCore(Inbound, Trunking, MidCall):
     # -- SIP events -----------------------------------------------------------------------------
 
     def handle_sip(self, event_: ev.Event, now: float) -> None:
+        self._now = now
         if isinstance(event_, ev.RequestReceived):
             self._on_request(event_, now)
         elif isinstance(event_, ev.AckReceived):
@@ -163,6 +174,7 @@ class CallCore(Inbound, Trunking, MidCall):
                 self.end(call, "2xx never acknowledged (Timer H)", now, send_bye=True)
         elif isinstance(event_, ev.TransactionTerminated):
             self._trunk_pending.pop(event_.tx_key, None)
+            self._cancelled.pop(event_.tx_key, None)
             self._pending.pop(event_.tx_key, None)
 
     def _on_request(self, rx: ev.RequestReceived, now: float) -> None:
@@ -213,7 +225,7 @@ class CallCore(Inbound, Trunking, MidCall):
         self.in_dialog_request(call, rx, now)
 
     def _on_response(self, rx: ev.ResponseReceived, now: float) -> None:
-        if self.trunk_response(rx, now):
+        if self.trunk_response(rx, now) or self.invite_response(rx, now):
             return
         entry = self._pending.get(rx.tx_key)
         if entry is None or rx.response.status < 200:
@@ -223,6 +235,12 @@ class CallCore(Inbound, Trunking, MidCall):
 
     def _on_timeout(self, timeout: ev.TransactionTimeout, now: float) -> None:
         if self.trunk_timeout(timeout, now):
+            return
+        dialled = self._by_invite.get(timeout.tx_key)
+        if dialled is not None and dialled.direction == "outbound" and dialled.state.is_early:
+            dialled.extra["sip_status"] = 408
+            dialled.move(Trigger.FAIL, f"no final answer to the INVITE (timer {timeout.timer})")
+            self._release(dialled)
             return
         entry = self._pending.pop(timeout.tx_key, None)
         if entry is None:

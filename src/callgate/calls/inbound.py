@@ -50,6 +50,7 @@ class Inbound(CoreBase):
     def accept(self, call_id: str, config: dict[str, Any], now: float) -> None:
         """The application accepted: the shell now sets up media and engine, then calls
         :meth:`answer` (or :meth:`abandon`)."""
+        self._now = now
         if self.check_accept(call_id, config):
             call = self.calls[call_id]
             call.config = dict(config)
@@ -57,6 +58,7 @@ class Inbound(CoreBase):
 
     def answer(self, call_id: str, local_port: int, now: float) -> bool:
         """Media is ready on ``local_port``: send the 2xx. False if the call went away."""
+        self._now = now
         call = self.calls.get(call_id)
         if call is None or call.state is not CallState.ANSWERING or call.dialog is None:
             return False
@@ -91,6 +93,7 @@ class Inbound(CoreBase):
                 headers: list[tuple[str, str]] | None = None) -> None:
         """Accepting failed. With ``status`` the INVITE is answered with it; without, the
         call rings on and the application may try again."""
+        self._now = now
         call = self.calls.get(call_id)
         if call is None or not call.state.is_early:
             return
@@ -100,6 +103,7 @@ class Inbound(CoreBase):
             call.move(Trigger.ABANDON, reason)
 
     def reject(self, call_id: str, status: int, now: float) -> None:
+        self._now = now
         if call_id in self.ended and call_id not in self.calls:
             if self.ended[call_id] is CallState.REJECTED:
                 return

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 from callgate.calls import actions as act
+from callgate.calls.call import new_call_id
 from callgate.calls.control import CallError, CallStateConflict, InvalidCallRequest
 from callgate.calls.core import CallCore
+from callgate.calls.dialplan import plan_call
 from callgate.calls.state import CallState
 from callgate.calls.webhook import WebhookSender
 from callgate.config import Settings
@@ -276,6 +279,53 @@ class CallShell:
             except Exception as exc:
                 raise CallFailed(f"Could not start the session: {exc}") from None
 
+    async def dial(self, session: dict[str, Any], transport: dict[str, Any]) -> dict[str, Any]:
+        core = self._core()
+        plan = plan_call(transport, self.settings)
+        core.check_dial(plan)
+        try:
+            validate_session(session)
+        except ProtocolError as exc:
+            raise InvalidCallRequest(exc.message, param=f"session.{exc.param}"
+                                     if exc.param else "session") from None
+        model = session.get("model") or self.settings.default_model
+        try:
+            engine = await self.engine_factory(model)
+        except ValueError as exc:
+            raise InvalidCallRequest(str(exc), param="session.model") from None
+        except Exception as exc:
+            raise CallFailed(f"The model {model!r} is not available: {exc}") from None
+        call_id = new_call_id()
+        try:
+            media = await MediaStream.open(
+                bind_host=_bind_host(self.settings, local_ip_toward(plan.target.host,
+                                                                    self.settings)),
+                port_pool=self.port_pool, tick=self.tick,
+                symmetric_rtp=self.settings.symmetric_rtp,
+                jitter_min_ms=self.settings.jitter_min_ms,
+                jitter_max_ms=self.settings.jitter_max_ms, call_id=call_id)
+        except (PortsExhausted, OSError) as exc:
+            await engine.aclose()
+            raise CallFailed(f"No media for the call: {exc}", code="media_unavailable") from None
+        try:
+            call = core.dial(plan, session, media.local_port, self.loop.time(),
+                             call_id=call_id)
+        except BaseException:
+            await media.close()
+            await engine.aclose()
+            raise
+        self.media[call.id], self.engines[call.id] = media, engine
+        # The session exists while the call rings, so observers may attach (?call_id=);
+        # it starts when the callee answers, so the greeting is heard from the first word.
+        rt = RealtimeSession(config=session, engine=engine, call_id=call.id,
+                             output=LineOutput(media))
+        self.live[call.id] = rt
+        self.sessions.add(rt)
+        self.pump()
+        return {"id": call.id, "object": "realtime.call", "status": "dialing",
+                "direction": "outbound", "destination": plan.destination, "trunk": plan.trunk,
+                "created_at": int(time.time())}
+
     async def _prepare(self, call_id: str, session: dict[str, Any]) -> tuple[Engine,
                                                                                 MediaStream]:
         """The engine and the media stream an answer needs; on failure the call is told."""
@@ -313,10 +363,12 @@ class CallShell:
 
     async def _start_session(self, call_id: str, config: dict[str, Any]) -> None:
         media, engine = self.media[call_id], self.engines[call_id]
-        rt = RealtimeSession(config=config, engine=engine, call_id=call_id,
-                             output=LineOutput(media))
-        self.live[call_id] = rt
-        self.sessions.add(rt)
+        rt = self.live.get(call_id)
+        if rt is None:
+            rt = RealtimeSession(config=config, engine=engine, call_id=call_id,
+                                 output=LineOutput(media))
+            self.live[call_id] = rt
+            self.sessions.add(rt)
         media.on_audio = rt.feed_audio
         media.on_dtmf = rt.dtmf
         try:
