@@ -269,6 +269,8 @@ class Outbound(CoreBase):
                 or (chosen.nonce in nonces and not chosen.stale)):
             return False
         nonces.add(chosen.nonce)
+        event(logger, "call.authenticating", call_id=call.id, status=response.status,
+              realm=chosen.realm, algorithm=chosen.algorithm)
         value = authorization(chosen, method="INVITE", uri=str(call.invite.uri),
                               username=plan.username, password=plan.password,
                               body=call.invite.body)

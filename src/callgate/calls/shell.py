@@ -86,6 +86,7 @@ class CallShell:
         self.engines: dict[str, Engine] = {}
         self.live: dict[str, RealtimeSession] = {}
         self.starting: dict[str, asyncio.Task[None]] = {}
+        self._notifying: dict[str, asyncio.Task[Any]] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -183,9 +184,7 @@ class CallShell:
         elif isinstance(action, act.OfferCall):
             self._offer(action)
         elif isinstance(action, act.Notify):
-            if self.webhooks is not None:
-                self.spawn(self.webhooks.deliver(action.event, keep_trying=lambda: True),
-                           f"webhook {action.call_id}")
+            self._notify(action)
         elif isinstance(action, act.ConfigureMedia):
             media = self.media.get(action.call_id)
             if media is not None:
@@ -205,6 +204,28 @@ class CallShell:
                                             self.loop.time())
         elif isinstance(action, act.Release):
             self.spawn(self._release(action), f"release {action.call_id}")
+
+    def _notify(self, action: act.Notify) -> None:
+        """Deliver a progress webhook after the call's previous one, so that an application
+        sees ringing, answered and ended in that order even when they come quickly."""
+        if self.webhooks is None:
+            return
+        webhooks, call_id = self.webhooks, action.call_id
+        previous = self._notifying.get(call_id)
+
+        async def deliver() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await webhooks.deliver(action.event, keep_trying=lambda: True)
+
+        task = self.spawn(deliver(), f"webhook {call_id}")
+        self._notifying[call_id] = task
+
+        def forget(done: asyncio.Task[Any]) -> None:
+            if self._notifying.get(call_id) is done:
+                del self._notifying[call_id]
+
+        task.add_done_callback(forget)
 
     async def _resolve_and_send(self, action: act.SendRequest) -> None:
         # RFC 3263 §4.2 with an explicit or default port: the host's A/AAAA records. SRV and
