@@ -148,3 +148,21 @@ def test_a_call_over_the_registration_binding_is_the_trunks() -> None:
                     peer.now)
     offered = only(peer.drain(), act.OfferCall)
     assert gate.calls[offered.call_id].extra["trunk"] == "pbx"
+
+
+def test_a_trunks_call_may_name_its_number_rather_than_the_project() -> None:
+    gate = _trunked(inbound_cidrs=["203.0.113.0/24"])
+    peer = Peer(gate)
+    request = peer.request("INVITE", body=sdp_answer())
+    request.uri.user = "+14155550100"  # type: ignore[union-attr]
+    gate.handle_sip(ev.RequestReceived(request, ev.TxKey(True, "INVITE", "d"), PEER, "udp"),
+                    peer.now)
+    assert only(peer.drain(), act.OfferCall)
+    # Without trunks the project id is still the only name that rings.
+    open_gate = core()
+    stranger = Peer(open_gate)
+    request = stranger.request("INVITE", body=sdp_answer())
+    request.uri.user = "+14155550100"  # type: ignore[union-attr]
+    open_gate.handle_sip(ev.RequestReceived(request, ev.TxKey(True, "INVITE", "e"), PEER,
+                                            "udp"), stranger.now)
+    assert statuses(stranger.drain()) == [404]

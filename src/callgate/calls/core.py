@@ -179,9 +179,16 @@ class CallCore(Inbound, Outbound, Trunking, MidCall):
 
     def _on_request(self, rx: ev.RequestReceived, now: float) -> None:
         request = rx.request
-        # A call over a registration binding names the Contact user we registered.
-        project_id = (None if getattr(request.uri, "user", None) in self.contact_users
-                      else self.settings.project_id)
+        trunk: str | None = ""
+        if request.method == "INVITE" and not request.to.tag:
+            # Strangers are refused before they learn anything else about us.
+            trunk = self.admit(rx)
+            if trunk is None:
+                return
+        # A trunk's call names its own Request-URI user (a DID, the user we registered as);
+        # callers that no trunk vouches for must name the project.
+        project_id = None if trunk or getattr(request.uri, "user", None) in \
+            self.contact_users else self.settings.project_id
         error = check_request(request, project_id=project_id,
                               supported=SUPPORTED, allowed_methods=ALLOWED,
                               accepted_types=ACCEPTED_TYPES)
@@ -192,10 +199,8 @@ class CallCore(Inbound, Outbound, Trunking, MidCall):
             return
         if request.to.tag:
             self._in_dialog(rx, now)
-        elif request.method == "INVITE":
-            trunk = self.admit(rx)
-            if trunk is not None:
-                self._new_invite(rx, now, trunk)
+        elif request.method == "INVITE" and trunk is not None:
+            self._new_invite(rx, now, trunk)
         elif request.method == "OPTIONS":
             self._reply(rx, make_response(request, 200, to_tag=new_tag(), headers=[
                 ("Allow", ALLOW_HEADER), ("Accept", "application/sdp"),

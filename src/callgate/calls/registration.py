@@ -191,7 +191,3 @@ class Registration:
         self.state = "failed"
         event(logger, "trunk.registration_failed", logging.WARNING, trunk=self.name,
               status=status, reason=reason, retry_in=round(wait, 1), failures=self.failures)
-
-    def status(self) -> dict[str, object]:
-        return {"trunk": self.name, "state": self.state, "expires": self.granted,
-                "contact": self.contact, "failures": self.failures}

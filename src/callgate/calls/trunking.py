@@ -63,9 +63,6 @@ class Trunking(CoreBase):
             if reg.keepalive_at is not None and reg.keepalive_at <= now:
                 self._keepalive(reg, now)
 
-    def registration_status(self) -> list[dict[str, object]]:
-        return [reg.status() for reg in self.registrations.values()]
-
     def _register(self, reg: Registration, request: Request) -> None:
         target = reg.target
         key = self._transmit(request, (target.host, target.port), target.transport,
