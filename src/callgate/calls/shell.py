@@ -14,13 +14,14 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from callgate.calls import actions as act
 from callgate.calls.call import new_call_id
 from callgate.calls.control import CallError, CallStateConflict, InvalidCallRequest
 from callgate.calls.core import CallCore
 from callgate.calls.dialplan import plan_call
+from callgate.calls.line import CallFailed, EngineFactory, LineOutput, local_ip_toward
 from callgate.calls.state import CallState
 from callgate.calls.webhook import WebhookSender
 from callgate.config import Settings
@@ -38,32 +39,6 @@ from callgate.sip.transport import SipTransportManager, is_ip
 logger = logging.getLogger("callgate.calls")
 
 ENGINE_RATE = 24000
-
-
-class EngineFactory(Protocol):
-    def __call__(self, model: str) -> Awaitable[Engine]: ...
-
-
-class CallFailed(CallError):
-    http_status = 500
-    error_type = "server_error"
-    code = "call_setup_failed"
-
-
-class LineOutput:
-    """The phone line as the realtime session's audio output (paced by the media stream)."""
-
-    def __init__(self, media: MediaStream):
-        self._media = media
-
-    def play(self, pcm: bytes) -> None:
-        self._media.send_audio(pcm)
-
-    def clear(self) -> int:
-        return self._media.clear_output()
-
-    def queued_ms(self) -> int:
-        return self._media.queued_ms
 
 
 class CallShell:
@@ -179,6 +154,8 @@ class CallShell:
         elif isinstance(action, act.SendKeepalive):
             if is_ip(action.addr[0]):
                 sip.send_keepalive(action.addr, action.transport)
+            else:
+                self.spawn(self._resolve_and_keepalive(action), f"resolve {action.addr[0]}")
         elif isinstance(action, act.SendAck):
             sip.send_ack(action.request, action.addr, action.transport)
         elif isinstance(action, act.OfferCall):
@@ -227,23 +204,32 @@ class CallShell:
 
         task.add_done_callback(forget)
 
-    async def _resolve_and_send(self, action: act.SendRequest) -> None:
+    async def _resolve(self, host: str, port: int, who: str) -> tuple[str, int] | None:
         # RFC 3263 §4.2 with an explicit or default port: the host's A/AAAA records. SRV and
         # NAPTR would need a DNS client; trunks are configured by address or plain host name.
-        host, port = action.addr
         try:
             infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         except OSError as exc:
-            event(logger, "sip.unresolved_destination", logging.WARNING,
-                  call_id=action.call_id, host=host, method=action.request.method,
-                  error=str(exc))
+            event(logger, "sip.unresolved_destination", logging.WARNING, call_id=who,
+                  host=host, error=str(exc))
+            return None
+        return str(infos[0][4][0]), port
+
+    async def _resolve_and_send(self, action: act.SendRequest) -> None:
+        addr = await self._resolve(*action.addr, action.call_id)
+        if addr is None:
             self._core().handle_sip(ev.TransactionTimeout(action.tx_key,
                                                           action.request.method, "transport"),
                                     self.loop.time())
             self.pump()
             return
         assert self.sip is not None
-        self.sip.send_request(action.request, (str(infos[0][4][0]), port), action.transport)
+        self.sip.send_request(action.request, addr, action.transport)
+
+    async def _resolve_and_keepalive(self, action: act.SendKeepalive) -> None:
+        addr = await self._resolve(*action.addr, "keepalive")
+        if addr is not None and self.sip is not None:
+            self.sip.send_keepalive(addr, action.transport)
 
     # -- a ringing call -------------------------------------------------------------------------
 
@@ -309,22 +295,11 @@ class CallShell:
         except ProtocolError as exc:
             raise InvalidCallRequest(exc.message, param=f"session.{exc.param}"
                                      if exc.param else "session") from None
-        model = session.get("model") or self.settings.default_model
-        try:
-            engine = await self.engine_factory(model)
-        except ValueError as exc:
-            raise InvalidCallRequest(str(exc), param="session.model") from None
-        except Exception as exc:
-            raise CallFailed(f"The model {model!r} is not available: {exc}") from None
+        engine = await self._engine(session, "session.model")
         call_id = new_call_id()
         try:
-            media = await MediaStream.open(
-                bind_host=_bind_host(self.settings, local_ip_toward(plan.target.host,
-                                                                    self.settings)),
-                port_pool=self.port_pool, tick=self.tick,
-                symmetric_rtp=self.settings.symmetric_rtp,
-                jitter_min_ms=self.settings.jitter_min_ms,
-                jitter_max_ms=self.settings.jitter_max_ms, call_id=call_id)
+            media = await self._open_media(call_id, local_ip_toward(plan.target.host,
+                                                                    self.settings))
         except (PortsExhausted, OSError) as exc:
             await engine.aclose()
             raise CallFailed(f"No media for the call: {exc}", code="media_unavailable") from None
@@ -351,23 +326,15 @@ class CallShell:
                                                                                 MediaStream]:
         """The engine and the media stream an answer needs; on failure the call is told."""
         core = self._core()
-        model = session.get("model") or self.settings.default_model
         try:
-            engine = await self.engine_factory(model)
-        except Exception as exc:  # e.g. an upstream Realtime server that is down
-            core.abandon(call_id, f"engine unavailable: {exc}", self.loop.time())
+            engine = await self._engine(session, "model")
+        except CallError:
+            core.abandon(call_id, "engine unavailable", self.loop.time())
             self.pump()
-            if isinstance(exc, ValueError):
-                raise InvalidCallRequest(str(exc), param="model") from None
-            raise CallFailed(f"The model {model!r} is not available: {exc}") from None
+            raise
         call = core.calls.get(call_id)
         try:
-            media = await MediaStream.open(
-                bind_host=_bind_host(self.settings, call.local_ip if call else "0.0.0.0"),
-                port_pool=self.port_pool, tick=self.tick,
-                symmetric_rtp=self.settings.symmetric_rtp,
-                jitter_min_ms=self.settings.jitter_min_ms,
-                jitter_max_ms=self.settings.jitter_max_ms, call_id=call_id)
+            media = await self._open_media(call_id, call.local_ip if call else "0.0.0.0")
         except (PortsExhausted, OSError) as exc:
             await engine.aclose()
             # Out of RTP ports or file descriptors is a capacity limit like max_calls: the
@@ -381,6 +348,23 @@ class CallShell:
             self.pump()
             raise CallFailed(f"{reason} ({exc})", code="media_unavailable") from None
         return engine, media
+
+    async def _engine(self, session: dict[str, Any], param: str) -> Engine:
+        model = session.get("model") or self.settings.default_model
+        try:
+            return await self.engine_factory(model)
+        except ValueError as exc:
+            raise InvalidCallRequest(str(exc), param=param) from None
+        except Exception as exc:  # e.g. an upstream Realtime server that is down
+            raise CallFailed(f"The model {model!r} is not available: {exc}") from None
+
+    async def _open_media(self, call_id: str, local_ip: str) -> MediaStream:
+        s = self.settings
+        bind_host = local_ip if s.sip_host not in ("0.0.0.0", "::") else s.sip_host
+        return await MediaStream.open(
+            bind_host=bind_host, port_pool=self.port_pool, tick=self.tick,
+            symmetric_rtp=s.symmetric_rtp, jitter_min_ms=s.jitter_min_ms,
+            jitter_max_ms=s.jitter_max_ms, call_id=call_id)
 
     async def _start_session(self, call_id: str, config: dict[str, Any]) -> None:
         media, engine = self.media[call_id], self.engines[call_id]
@@ -441,23 +425,3 @@ class CallShell:
             self._timer = self._timer_at = None
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
-
-def _bind_host(settings: Settings, local_ip: str) -> str:
-    return local_ip if settings.sip_host not in ("0.0.0.0", "::") else settings.sip_host
-
-
-def local_ip_toward(remote: str, settings: Settings) -> str:
-    """The address to advertise in Contact and SDP: the configured public one, else the
-    address this host uses to reach ``remote`` (no packet is sent by a UDP connect)."""
-    if settings.public_ip:
-        return str(settings.public_ip)
-    if settings.sip_host not in ("0.0.0.0", "::", ""):
-        return str(settings.sip_host)
-    family = socket.AF_INET6 if ":" in remote else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect((remote, 9))
-            return str(probe.getsockname()[0])
-        except OSError:
-            return "::1" if family == socket.AF_INET6 else "127.0.0.1"
