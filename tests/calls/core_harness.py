@@ -97,8 +97,8 @@ class Peer:
 
 
 def core(**overrides: Any) -> CallCore:
-    return CallCore(settings(**overrides), sent_by={"udp": (GATE, 5060)},
-                    contact_ports={"udp": 5060}, local_ip=lambda remote: GATE,
+    return CallCore(settings(**overrides), sent_by={"udp": (GATE, 5060), "tcp": (GATE, 5060)},
+                    contact_ports={"udp": 5060, "tcp": 5060}, local_ip=lambda remote: GATE,
                     rng=random.Random(7))
 
 

@@ -166,3 +166,26 @@ def test_a_trunks_call_may_name_its_number_rather_than_the_project() -> None:
     open_gate.handle_sip(ev.RequestReceived(request, ev.TxKey(True, "INVITE", "e"), PEER,
                                             "udp"), stranger.now)
     assert statuses(stranger.drain()) == [404]
+
+
+def test_keepalives_keep_the_binding_and_notice_a_new_public_address() -> None:
+    gate, peer = registering(keepalive=30)
+    sent = only(peer.advance(0), act.SendRequest)
+    answer(gate, sent, 200, at=peer.now)
+    assert gate.registrations["pbx"].state == "registered"
+    options = only(peer.advance(30), act.SendRequest)
+    assert options.request.method == "OPTIONS" and options.addr == (REGISTRAR, 5060)
+    via = options.request.headers.get("Via") or ""
+    answer(gate, options, 404, at=peer.now,  # any answer will do: it carries received/rport
+           via=f"{via};received=192.0.2.77;rport=41000".replace(";rport;", ";"))
+    moved = only(peer.drain(), act.SendRequest)
+    assert moved.request.method == "REGISTER"
+    assert "@192.0.2.77:41000>" in (moved.request.headers.get("Contact") or "")
+
+
+def test_keepalive_on_tcp_is_a_crlf() -> None:
+    gate, peer = registering(keepalive=30, address=f"sip:{REGISTRAR}:5060;transport=tcp")
+    sent = only(peer.advance(0), act.SendRequest)
+    assert sent.transport == "tcp"
+    answer(gate, sent, 200, at=peer.now)
+    assert only(peer.advance(30), act.SendKeepalive).addr == (REGISTRAR, 5060)
