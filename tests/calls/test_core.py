@@ -198,3 +198,13 @@ def test_bye_on_the_early_dialog_ends_the_invite() -> None:
     peer.to = ringing.headers.get("To") or ""
     peer.send("BYE", cseq=2)
     assert statuses(peer.drain()) == [200, 487]
+
+
+def test_a_route_to_a_configured_trunk_is_followed() -> None:
+    from callgate.config import Trunk
+    trunk = Trunk.model_validate({"address": "sip:198.51.100.9",
+                                  "inbound_cidrs": ["203.0.113.0/24"]})
+    peer = Peer(core(trunks={"sbc": trunk}), contact="<sip:alice@198.51.100.9:5070>")
+    call_id = peer.call_up()
+    peer.core.hangup(call_id, peer.now)
+    assert only(peer.drain(), act.SendRequest).addr == ("198.51.100.9", 5070)

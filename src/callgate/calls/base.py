@@ -10,7 +10,7 @@ import itertools
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 
 from callgate.calls import actions as act
 from callgate.calls.call import Call
@@ -34,18 +34,18 @@ ENDED_MEMORY = 10_000  # ended calls remembered for idempotent replays of the ve
 class CoreBase:
     """``sent_by`` is the SIP endpoint's Via address per transport (shared, filled once the
     listeners are bound); ``contact_ports`` our SIP ports; ``local_ip(remote)`` the address
-    to advertise towards ``remote``; ``trusted_hosts`` the hosts besides a dialog's own peer
-    that in-dialog requests may be sent to (trunks)."""
+    to advertise towards ``remote``. Besides a dialog's own peer, in-dialog requests may go to
+    the configured trunks' hosts (``trusted_hosts``)."""
 
     def __init__(self, settings: Settings, *, sent_by: Mapping[str, Addr],
                  contact_ports: Mapping[str, int], local_ip: Callable[[str], str],
-                 trusted_hosts: Collection[str] = (), rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None) -> None:
         self.settings = settings
         self.sent_by = sent_by
         self.contact_ports = contact_ports
         self.local_ip = local_ip
-        self.trusted_hosts = {host.lower() for host in trusted_hosts} | {
-            TrunkTarget.of(trunk).host.lower() for trunk in settings.trunks.values()}
+        self.trusted_hosts = {TrunkTarget.of(trunk).host.lower()
+                              for trunk in settings.trunks.values()}
         self.registrations: dict[str, Registration] = {}
         self._trunk_pending: dict[ev.TxKey, tuple[Registration, str]] = {}
         self._nonces: OrderedDict[str, None] = OrderedDict()  # ours, for inbound challenges

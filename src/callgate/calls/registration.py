@@ -17,7 +17,15 @@ from callgate.config import Trunk
 from callgate.log import event
 from callgate.sip.digest import authorization, choose_challenge
 from callgate.sip.events import Addr
-from callgate.sip.message import Headers, Request, Response, SipUri, new_tag, parse_uri
+from callgate.sip.message import (
+    Headers,
+    Request,
+    Response,
+    SipParseError,
+    SipUri,
+    new_tag,
+    parse_uri,
+)
 
 logger = logging.getLogger("callgate.trunks")
 
@@ -148,7 +156,11 @@ class Registration:
     def _registered(self, response: Response, now: float) -> None:
         granted = self.expires
         mine = self.contact_user + "@"
-        for item in response.contacts:
+        try:
+            contacts = response.contacts
+        except SipParseError:
+            contacts = []  # a registrar's garbled Contact: its Expires, or what we asked
+        for item in contacts:
             if mine in str(item.uri) and (item.params.get("expires") or "").isdigit():
                 granted = int(item.params["expires"] or 0)
         header = response.headers.get("Expires") or ""
