@@ -7,12 +7,13 @@ the ``[models]`` table maps model names to engines). Environment variables win o
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -40,6 +41,81 @@ class ModelRoute(BaseModel):
     tts_base_url: str | None = None
     tts_model: str | None = None
     tts_voice: str | None = None
+
+
+def check_header_value(value: str, what: str) -> str:
+    """CR, LF or NUL in a value copied into a SIP message would let it forge headers."""
+    if any(ch in value for ch in "\r\n\0"):
+        raise ValueError(f"{what} must not contain CR, LF or NUL")
+    return value
+
+
+class Trunk(BaseModel):
+    """A carrier or PBX calls come from and go to (``[trunks.NAME]`` in the TOML).
+
+    ``address`` is its ``sip:``/``sips:`` URI (``;transport=udp|tcp|tls``). ``username`` and
+    ``password`` answer its digest challenges (``realm``: only that realm's). With ``register``
+    callgate keeps a binding there (``expires`` seconds). Inbound calls count as this trunk's
+    when they come from an address in ``inbound_cidrs``, arrive over the registration binding,
+    or (with ``inbound_challenge``) answer a digest challenge for these credentials.
+    """
+
+    address: str
+    username: str | None = None
+    password: str | None = None
+    realm: str | None = None
+    domain: str | None = Field(None, description="AOR domain for REGISTER and the From of "
+                               "outbound calls (default: the address's host).")
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    # "register" in TOML; BaseModel has a method of that name.
+    registers: bool = Field(False, alias="register")
+    expires: int = Field(3600, ge=60, le=86400)
+    keepalive: float = Field(30.0, ge=0, description="NAT keep-alive interval (s; 0: off).")
+    inbound_cidrs: list[str] = Field(default_factory=list)
+    inbound_challenge: bool = False
+    caller_number: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_outbound: int | None = Field(None, ge=1, description="Concurrent outbound calls "
+                                     "over this trunk (unset: only the global limit).")
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        check_header_value(value, "address")
+        scheme, _, rest = value.partition(":")
+        if scheme.lower() not in ("sip", "sips") or not rest:
+            raise ValueError("address must be a sip: or sips: URI")
+        transport = next((p.split("=", 1)[1].lower() for p in rest.split(";")[1:]
+                          if p.lower().startswith("transport=")), None)
+        if transport not in (None, "udp", "tcp", "tls"):
+            raise ValueError("address transport must be udp, tcp or tls")
+        return value
+
+    @field_validator("inbound_cidrs")
+    @classmethod
+    def _check_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+    @field_validator("username", "password", "realm", "domain", "caller_number")
+    @classmethod
+    def _no_crlf(cls, value: str | None) -> str | None:
+        return None if value is None else check_header_value(value, "trunk value")
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            check_header_value(name + text, f"header {name!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Trunk:
+        if (self.registers or self.inbound_challenge) and not (self.username and self.password):
+            raise ValueError("register and inbound_challenge need username and password")
+        return self
 
 
 DEFAULT_MODELS: dict[str, ModelRoute] = {
@@ -104,9 +180,19 @@ class Settings(BaseSettings):
     accept_timeout: float = Field(10.0, gt=0, description="Time to accept/reject a ringing call.")
     accept_timeout_status: int = Field(480, ge=400, le=699,
                                        description="SIP status sent when nobody decided in time.")
+    max_call_seconds: float = Field(0.0, ge=0, description="End an answered call after this "
+                                    "long with BYE and a Reason header (s; 0: no limit).")
     default_session: dict[str, Any] = Field(
         {"type": "realtime", "model": "local"},
         description="Session config used to auto-accept calls when no webhook URL is set.")
+
+    # --- trunks and outbound calls ---------------------------------------------------------
+    trunks: dict[str, Trunk] = Field(default_factory=dict, description="Carriers and PBXes "
+                                     "([trunks.NAME] tables; none: any caller is admitted).")
+    max_outbound_calls: int = Field(100, ge=1, description="Concurrent outbound calls; more "
+                                    "get 429.")
+    max_redirects: int = Field(3, ge=0, le=10, description="3xx redirects an outbound call "
+                               "follows.")
 
     # --- engines ---------------------------------------------------------------------------
     default_model: str = Field("local", description="Engine used when a session names none, "

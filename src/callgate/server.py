@@ -18,8 +18,7 @@ import uvicorn
 
 from callgate.api.app import create_app
 from callgate.api.realtime_ws import make_realtime_router
-from callgate.calls.manager import CallManager
-from callgate.calls.signalling import Signalling
+from callgate.calls.shell import CallShell
 from callgate.calls.webhook import WebhookSender
 from callgate.config import Settings
 from callgate.engines.base import Engine
@@ -45,7 +44,7 @@ class Gateway:
     settings: Settings
     sessions: SessionRegistry = field(init=False)
     sip: SipTransportManager | None = None
-    calls: CallManager | None = None
+    calls: CallShell | None = None
     http: uvicorn.Server | None = None
     http_task: asyncio.Task[None] | None = None
     sip_addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
@@ -93,18 +92,14 @@ class Gateway:
         webhooks = (WebhookSender(s.webhook_url, s.webhook_secret, timeout=s.webhook_timeout)
                     if s.webhook_url else None)
         low, high = s.rtp_port_range
-        self.calls = CallManager(s, sessions=self.sessions, engine_factory=self.engine_for,
-                                 port_pool=PortPool(low, high), tick=self.tick,
-                                 webhooks=webhooks)
+        self.calls = CallShell(s, sessions=self.sessions, engine_factory=self.engine_for,
+                               port_pool=PortPool(low, high), tick=self.tick, webhooks=webhooks)
         endpoint = SipEndpoint(timers=TimerConfig(t1=s.sip_t1, t2=s.sip_t2, t4=s.sip_t4,
                                                   timer_d=64 * s.sip_t1))
-        signalling: Signalling | None = None
-
-        def on_event(ev: object) -> None:
-            assert signalling is not None
-            signalling.on_event(ev)  # type: ignore[arg-type]
-
-        self.sip = SipTransportManager(endpoint, on_event, max_message_size=s.max_message_size)
+        self.sip = SipTransportManager(endpoint, self.calls.on_sip_event,
+                                       max_message_size=s.max_message_size)
+        contact_ports: dict[str, int] = {}  # filled below, once bound
+        self.calls.attach(self.sip, contact_ports=contact_ports)
         self.sip_addresses["udp"] = await self.sip.listen_udp(s.sip_host, s.sip_port)
         # TCP shares the UDP port number (RFC 3261 §18.2.1), also when the port was 0 = any.
         self.sip_addresses["tcp"] = await self.sip.listen_tcp(s.sip_host,
@@ -114,8 +109,8 @@ class Gateway:
         if s.public_ip:
             for name, (_, port) in self.sip_addresses.items():
                 endpoint.sent_by[name] = (s.public_ip, port)
-        signalling = Signalling(self.calls, self.sip, contact_ports={
-            name: addr[1] for name, addr in self.sip_addresses.items()})
+        contact_ports.update({name: addr[1] for name, addr in self.sip_addresses.items()})
+        self.calls.start()
 
         app = create_app(s, self.calls, extra_routers=[
             make_realtime_router(self.sessions, s, self.engine_for)])

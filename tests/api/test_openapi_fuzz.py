@@ -45,6 +45,12 @@ class ShardedControl:
     async def hangup(self, call_id: str) -> None:
         self._check(call_id)
 
+    async def dial(self, session: dict[str, Any], transport: dict[str, Any]) -> dict[str, Any]:
+        self.seen += 1
+        return {"id": "rtc_fuzz", "object": "realtime.call", "status": "dialing",
+                "direction": "outbound", "destination": transport["destination"],
+                "trunk": None, "created_at": 0}
+
 
 CONTROL = ShardedControl()
 APP = create_app(Settings(api_key=API_KEY, models={"support-bot": ModelRoute(engine="echo")}),

@@ -59,6 +59,13 @@ class FakeControl:
         self._check(call_id)
         self.calls.append(("hangup", call_id, None))
 
+    async def dial(self, session: dict[str, Any], transport: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("dial", transport["destination"], (session, transport)))
+        return {"id": "rtc_out1", "object": "realtime.call", "status": "dialing",
+                "direction": "outbound", "destination": transport["destination"],
+                "trunk": transport.get("trunk") if isinstance(transport.get("trunk"), str)
+                else None, "created_at": 1}
+
 
 CONTROL = FakeControl()
 
@@ -200,6 +207,34 @@ def test_guide_raw_post(base_url: str, control: FakeControl) -> None:
 def test_generic_post_parses_the_answer(client: openai.OpenAI, control: FakeControl) -> None:
     # Clients that read the answer with cast_to=dict need a JSON body.
     assert client.post("/realtime/calls/rtc_1/hangup", cast_to=dict) == {}
+
+
+def test_outbound_call_with_the_sdk_never_echoes_credentials(client: openai.OpenAI,
+                                                             control: FakeControl) -> None:
+    body = {"session": {"type": "realtime", "model": "echo"},
+            "transport": {"type": "sip", "destination": "+14155550123",
+                          "trunk": {"provider_url": "sip:192.0.2.9;transport=tcp",
+                                    "auth": {"type": "digest", "username": "u",
+                                             "password": "hunter2"},
+                                    "caller_number": "+15550001111"},
+                          "headers": {"X-Campaign": "7"}, "ring_timeout": 20}}
+    created = client.post("/realtime/calls", body=body, cast_to=dict)
+    assert created["id"] == "rtc_out1" and created["status"] == "dialing"
+    assert created["object"] == "realtime.call" and "hunter2" not in str(created)
+    session, transport = control.calls[-1][2]
+    assert session == {"type": "realtime", "model": "echo"}
+    assert transport["trunk"]["auth"]["password"] == "hunter2"
+    assert transport["ring_timeout"] == 20
+
+
+def test_outbound_call_body_errors_name_the_field(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.post("/realtime/calls", cast_to=dict, body={
+            "transport": {"type": "sip", "destination": "+1", "ring_timeout": 0}})
+    assert _error(info.value)["param"] == "transport.ring_timeout"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.post("/realtime/calls", cast_to=dict, body={"transport": {"type": "webrtc"}})
+    assert (_error(info.value)["param"] or "").startswith("transport")
 
 
 # --- errors, as the SDK raises them -----------------------------------------------------------
@@ -400,7 +435,7 @@ def test_health_and_openapi(base_url: str) -> None:
     assert set(schema["paths"]) == {
         "/v1/realtime/calls/{call_id}/accept", "/v1/realtime/calls/{call_id}/reject",
         "/v1/realtime/calls/{call_id}/refer", "/v1/realtime/calls/{call_id}/hangup",
-        "/healthz"}
+        "/healthz", "/v1/realtime/calls"}
     accept = schema["paths"]["/v1/realtime/calls/{call_id}/accept"]["post"]
     assert set(accept["responses"]) == {"200", "400", "401", "404", "409", "413", "500"}
     assert "HTTPValidationError" not in schema["components"]["schemas"]

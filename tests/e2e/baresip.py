@@ -171,14 +171,16 @@ def _rtp_range(span: int = 40) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def baresip_call(folder: Path, target: str, source: Path, *, codec: str = "PCMU",
+def baresip_call(folder: Path, target: str | None, source: Path, *, codec: str = "PCMU",
                  tls_ca: Path | None = None, srtp: bool = False, trace: bool = False,
-                 max_seconds: int = 40) -> Iterator[Baresip]:
+                 max_seconds: int = 40, account: str | None = None) -> Iterator[Baresip]:
     """Start baresip dialling ``target`` (``sip:user@host:port``) and saying ``source``.
 
     ``tls_ca``: call over TLS (the account's ``transport=tls``), trusting that certificate.
     ``srtp``: SDES-keyed SRTP is mandatory (``mediaenc=srtp-mand``: RTP/SAVP + a=crypto).
-    The process is always stopped on leaving."""
+    ``account``: the account line up to its parameters (``<sip:bob@registrar>;auth_pass=…;
+    regint=60;answermode=auto``) instead of an unregistered one; with ``target`` None
+    baresip dials nobody and waits to be called. The process is always stopped on leaving."""
     spec = CODECS[codec]
     folder.mkdir(parents=True, exist_ok=True)
     dumps = folder / "dumps"
@@ -188,12 +190,15 @@ def baresip_call(folder: Path, target: str, source: Path, *, codec: str = "PCMU"
         tls=f"sip_cafile\t{tls_ca}\n" if tls_ca else "", module_path=module_path(),
         srtp="module\tsrtp.so\n" if srtp else "", source=source, player=folder / "heard.wav",
         dumps=dumps, rtp_low=rtp_low, rtp_high=rtp_high))
-    params = ["regint=0", f"audio_codecs={spec.spec}"]
+    params = [f"audio_codecs={spec.spec}"] + ([] if account else ["regint=0"])
     if srtp:
         params.append("mediaenc=srtp-mand")
     transport = ";transport=tls" if tls_ca else ""
-    (folder / "accounts").write_text(f"<sip:tester@127.0.0.1{transport}>;{';'.join(params)}\n")
-    command = ["baresip", "-f", str(folder), "-e", f"/dial {target}", "-t", str(max_seconds)]
+    line = account or f"<sip:tester@127.0.0.1{transport}>"
+    (folder / "accounts").write_text(f"{line};{';'.join(params)}\n")
+    command = ["baresip", "-f", str(folder), "-t", str(max_seconds)]
+    if target is not None:
+        command[3:3] = ["-e", f"/dial {target}"]
     if trace:
         command.insert(1, "-s")
     with (folder / "baresip.log").open("wb") as log:

@@ -36,12 +36,13 @@ async def _call_with_glare(gw: InProcessGateway, uac: ScriptedUac) -> dict[str, 
     assert isinstance(ok, Response)
     to = ok.headers.get("To") or ""
     await uac.send(uac.request("ACK", uri, 1, "ack1", to=to))
-    assert gw.calls is not None and gw.calls.signalling is not None
-    call = next(iter(gw.calls.calls.values()))
+    assert gw.calls is not None and gw.calls.core is not None
+    call = next(iter(gw.calls.core.calls.values()))
     assert call.timer is not None and call.timer.refresher == "uas"
 
     # callgate's refresh is due: it re-INVITEs (the caller's Allow has no UPDATE).
-    gw.calls.signalling._session_timer_fired(call, call.timer)
+    gw.calls.core.handle_timer(call.deadlines["session"])
+    gw.calls.pump()
     ours = await uac.receive("INVITE")
     assert isinstance(ours, Request) and ours.body
 

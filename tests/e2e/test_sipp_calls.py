@@ -111,8 +111,9 @@ def test_out_of_rtp_ports_answers_503_with_retry_after(tmp_path: Path) -> None:
 
 
 def test_bye_reaches_a_contact_named_by_host_name(tmp_path: Path) -> None:
-    # The caller's Contact says "localhost", not an address: callgate resolves it (RFC 3263,
-    # A/AAAA records) for its BYE instead of dropping the request.
+    # The caller's Contact says "localhost", not the address the call came from: callgate
+    # sends its BYE where the dialog was established (the INVITE's source) rather than
+    # resolving a name a caller chose, and the BYE still arrives.
     with callgate(tmp_path, media_timeout="2") as gw:
         result = sipp(gw, "uac_wait_bye", tmp_path, timeout=20,
                       keys={"contact_host": "localhost"})

@@ -18,14 +18,14 @@ pytestmark = pytest.mark.slow
 
 
 def _footprint(gw: InProcessGateway) -> dict[str, int]:
-    assert gw.sip is not None and gw.calls is not None and gw.calls.signalling is not None
+    assert gw.sip is not None and gw.calls is not None and gw.calls.core is not None
     return {
         "fds": len(os.listdir("/proc/self/fd")),
         "tasks": len(asyncio.all_tasks()),
         "transactions": len(gw.sip.endpoint.transactions),
         "pending_acks": len(gw.sip.endpoint.pending_acks),
         "calls": gw.calls.active_count,
-        "dialogs": len(gw.calls.signalling.dialogs),
+        "dialogs": len(gw.calls.core.dialogs),
         "sessions": len(gw.sessions),
         "rtp_ports": gw.calls.port_pool.in_use,
         "connections": gw.sip.connection_count,
@@ -82,7 +82,7 @@ async def _soak(tmp: Path) -> tuple[dict[str, int], dict[str, int], int, list[st
         code = await _sipp(gw, 1000, 50, tmp)
         after = await _at_rest(gw, 30)
         assert gw.calls is not None
-        left = sorted(f"{c.state.value}:{c.end_reason}" for c in gw.calls.calls.values())
+        left = sorted(f"{c.state.value}:{c.end_reason}" for c in gw.calls.core.calls.values())
     return before, after, code, left
 
 

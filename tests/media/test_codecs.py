@@ -16,8 +16,8 @@ from callgate.media.codecs import (
     create_codec,
 )
 from callgate.media.g711 import alaw_encode, ulaw_decode, ulaw_encode
+from callgate.media.offer_answer import CodecSpec
 from callgate.media.resample import Resampler
-from callgate.sip.offer_answer import CodecSpec
 
 
 def tone(rate: int, samples: int, freq: float = 1000.0, amp: float = 8000.0) -> bytes:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from callgate.media.codecs import G711Codec, create_codec
+from callgate.media.offer_answer import CodecSpec
 from callgate.media.pacer import PacedSender, SendTick
 from callgate.media.rtp import parse_rtp
-from callgate.sip.offer_answer import CodecSpec
 
 # Wall-clock precision is measured here: `make test` runs these first, in a process of their
 # own, before other suites have loaded models whose worker threads compete for the 2 cores.

@@ -6,10 +6,10 @@ import base64
 
 import pytest
 
+from callgate.media.offer_answer import CryptoSuite
 from callgate.media.rtcp import ReceiverReport, SourceDescription, build_rtcp, parse_rtcp
 from callgate.media.rtp import RtpPacket, RtpSequencer, parse_rtp
 from callgate.media.srtp import SUPPORTED_SUITES, SrtpContext, SrtpError, key_length, new_crypto
-from callgate.sip.offer_answer import CryptoSuite
 
 TAG_LENGTH = {"AES_CM_128_HMAC_SHA1_80": 10, "AES_CM_128_HMAC_SHA1_32": 4,
               "AEAD_AES_128_GCM": 16, "AEAD_AES_256_GCM": 16}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from callgate.media.codecs import G711Codec
+from callgate.media.offer_answer import CodecSpec, CryptoSuite, NegotiatedMedia
 from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool
 from callgate.media.rtcp import ReceiverReport, SenderReport, parse_rtcp
@@ -20,7 +21,6 @@ from callgate.media.rtp import RtpPacket, parse_rtp
 from callgate.media.session import MediaSession
 from callgate.media.srtp import SrtpContext, new_crypto
 from callgate.media.stream import MediaStream
-from callgate.sip.offer_answer import CodecSpec, CryptoSuite, NegotiatedMedia
 from tests.media.test_pacer import run
 
 PCMU = CodecSpec("PCMU", 0, 8000, 1)

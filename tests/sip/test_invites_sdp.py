@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from callgate.sip.offer_answer import (
+from callgate.media.offer_answer import (
     SDES_SUITES,
     CryptoSuite,
     NegotiatedMedia,

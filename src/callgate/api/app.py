@@ -19,6 +19,8 @@ from callgate.api.auth import bearer_matches, require_api_key, unauthorized
 from callgate.api.errors import ApiError, ErrorGuard, install_error_handlers
 from callgate.api.schemas import (
     AcceptRequest,
+    CallResource,
+    DialRequest,
     Empty,
     ErrorResponse,
     Health,
@@ -70,7 +72,8 @@ def create_app(settings: Settings, control: CallControl, *,
     api_key = settings.api_key
 
     def check_auth(request: Request) -> ApiError | None:
-        if not request.url.path.startswith(CALLS_PREFIX + "/"):
+        path = request.url.path
+        if path != CALLS_PREFIX and not path.startswith(CALLS_PREFIX + "/"):
             return None
         if bearer_matches(api_key, request.headers.get("authorization")):
             return None
@@ -82,6 +85,15 @@ def create_app(settings: Settings, control: CallControl, *,
     router = APIRouter(
         prefix=CALLS_PREFIX, tags=["calls"], responses=_call_responses(api_key is not None),
         dependencies=[Depends(require_api_key(api_key))] if api_key is not None else [])
+
+    @router.post("", response_model=CallResource, operation_id="createCall",
+                 summary="Place an outbound call through a SIP trunk (JSON body)")
+    async def create_call(body: DialRequest) -> CallResource:
+        session = (body.session.model_dump(mode="json", exclude_unset=True) if body.session
+                   else dict(settings.default_session))
+        _check_model(settings, session.get("model"))
+        transport = body.transport.model_dump(mode="json", exclude_unset=True)
+        return CallResource.model_validate(await control.dial(session, transport))
 
     @router.post("/{call_id}/accept", response_model=Empty, operation_id="acceptCall",
                  summary="Answer a ringing call and start its realtime session")

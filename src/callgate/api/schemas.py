@@ -257,3 +257,51 @@ class ErrorResponse(_Strict):
     """OpenAI's error shape; the ``openai`` SDK raises it as ``APIStatusError.body``."""
 
     error: ErrorDetail
+
+
+# --- outbound calls ---------------------------------------------------------------------------
+
+
+class DigestAuth(_Strict):
+    type: Literal["digest"]
+    username: str = Field(min_length=1, max_length=256)
+    password: str = Field(max_length=256)
+
+
+class InlineTrunk(_Strict):
+    """A trunk given in the request, shaped like OpenAI GPT-Live's ``LiveSipTrunk``."""
+
+    provider_url: str = Field(max_length=2048, description="sip:/sips: URI of the carrier "
+                              "or PBX, e.g. sip:pbx.example.com:5060;transport=tcp.")
+    auth: DigestAuth | None = None
+    caller_number: str | None = Field(default=None, max_length=64)
+
+
+class SipDialTransport(_Strict):
+    type: Literal["sip"]
+    destination: str = Field(min_length=1, max_length=2048,
+                             description="E.164 (+14155550123), tel: or sip: URI.")
+    trunk: str | InlineTrunk | None = Field(default=None, description="A configured trunk's "
+                                            "name, or a trunk inline.")
+    headers: dict[str, str] | None = Field(default=None, description="Extra SIP headers "
+                                           "(X-... and the like) for the INVITE.")
+    ring_timeout: float = Field(default=30.0, gt=0, le=300)
+    early_media: bool = Field(default=False, description="Play the callee's early media "
+                              "(183) to the session before the answer.")
+
+
+class DialRequest(_Strict):
+    """Body of ``POST /v1/realtime/calls`` (JSON): place a call through a trunk."""
+
+    session: AcceptRequest | None = None
+    transport: SipDialTransport
+
+
+class CallResource(_Strict):
+    id: str
+    object: Literal["realtime.call"]
+    status: Literal["dialing"]
+    direction: Literal["outbound"]
+    destination: str
+    trunk: str | None
+    created_at: int

@@ -1,28 +1,28 @@
-"""One phone call: its SIP identity, state, media and realtime session."""
+"""One phone call as the calls core sees it: SIP identity, state, SDP and deadlines.
+
+Plain data with no I/O: the media stream, engine and realtime session a call uses belong to
+the shell (:mod:`callgate.calls.shell`), keyed by the same id.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 from callgate.calls.session_timer import SessionTimer
-from callgate.calls.state import CallState, transition
+from callgate.calls.state import CallState, Trigger, transition
 from callgate.log import event
+from callgate.media.offer_answer import NegotiatedMedia
 from callgate.sip.dialog import Dialog
 from callgate.sip.events import Addr, TxKey
 from callgate.sip.message import Request
-from callgate.sip.offer_answer import NegotiatedMedia
 from callgate.sip.sdp import SessionDescription
 
-if TYPE_CHECKING:
-    from callgate.engines.base import Engine
-    from callgate.media.stream import MediaStream
-    from callgate.realtime.session import RealtimeSession
-
 logger = logging.getLogger("callgate.calls")
+
+Direction = Literal["inbound", "outbound"]
 
 
 def new_call_id() -> str:
@@ -32,7 +32,12 @@ def new_call_id() -> str:
 
 @dataclass(eq=False)
 class Call:
+    """``addr``/``transport`` are where the dialog was established: the INVITE's source
+    (received/rport) inbound, the next hop we sent it to outbound. In-dialog requests go there
+    unless the route names the same host or a trusted one."""
+
     id: str
+    direction: Direction
     invite: Request
     tx_key: TxKey
     addr: Addr
@@ -40,21 +45,22 @@ class Call:
     local_tag: str
     local_contact: str
     local_ip: str
-    offer: SessionDescription | None
-    state: CallState = CallState.INCOMING
+    offer: SessionDescription | None = None     # the peer's offer, when it made one
+    state: CallState = CallState.RINGING
     dialog: Dialog | None = None
     timer: SessionTimer | None = None
     local_sdp: SessionDescription | None = None
     sdp_version: int = 0
     negotiated: NegotiatedMedia | None = None
-    media: MediaStream | None = None
-    engine: Engine | None = None
-    session: RealtimeSession | None = None
-    accepted_config: dict[str, Any] | None = None
+    local_port: int = 0
+    config: dict[str, Any] | None = None        # the accepted (or dialled) session config
+    offering: bool = False                      # our offer is out, its answer not yet in
     refer_target: str | None = None
     refer_status: int | None = None
     end_reason: str | None = None
-    handles: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    media_seen: int = -1                        # RTP packets counted at the last check
+    deadlines: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # direction-specific facts
 
     @property
     def sip_call_id(self) -> str:
@@ -65,22 +71,14 @@ class Call:
         """o= sess-id (RFC 4566 §5.2): stable for the call, derived from its random id."""
         return int(self.id[-8:], 16)
 
-    def move(self, new: CallState, reason: str) -> None:
+    def move(self, trigger: Trigger, reason: str) -> CallState:
         """The only place a call's state changes: checked against the table, logged."""
         old = self.state
-        self.state = transition(old, new)
-        if new.is_final:
+        self.state = transition(old, trigger)
+        if self.state.is_final:
             self.end_reason = reason
+            self.deadlines.clear()
         event(logger, "call.state", call_id=self.id, sip_call_id=self.sip_call_id,
-              old=old.value, new=new.value, reason=reason)
-
-    def arm(self, name: str, delay: float, callback: Any, *args: Any) -> None:
-        self.disarm(name)
-        self.handles[name] = asyncio.get_running_loop().call_later(delay, callback, *args)
-
-    def disarm(self, name: str | None = None) -> None:
-        names = list(self.handles) if name is None else [name]
-        for key in names:
-            handle = self.handles.pop(key, None)
-            if handle is not None:
-                handle.cancel()
+              direction=self.direction, old=old.value, trigger=trigger.value,
+              new=self.state.value, reason=reason)
+        return self.state

@@ -54,3 +54,7 @@ class CallControl(Protocol):
 
     async def hangup(self, call_id: str) -> None:
         """End the call: BYE when established, a final error response while ringing."""
+
+    async def dial(self, session: dict[str, Any], transport: dict[str, Any]) -> dict[str, Any]:
+        """Place an outbound call (``transport`` as in ``POST /v1/realtime/calls``); returns
+        the call resource, status ``dialing``."""

@@ -1,5 +1,6 @@
-"""The call lifecycle as one transition table (the h11 way): state moves only through
-:func:`transition`, anything else is a bug reported with the call id."""
+"""The call lifecycle in both directions as one (state, trigger) -> state table, the h11 way:
+a call's state moves only through :func:`transition`; a pair missing from the table is a bug
+and is refused loudly with both names."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import enum
 
 
 class CallState(enum.Enum):
-    INCOMING = "incoming"      # INVITE received, not yet offered to the application
-    RINGING = "ringing"        # 180 sent, webhook delivered or pending, waiting for a decision
-    ACCEPTED = "accepted"      # 200 OK sent, waiting for the ACK
-    ACTIVE = "active"          # ACK received, media flowing
+    RINGING = "ringing"        # inbound: 180 sent, waiting for accept/reject;
+    #                            outbound: the callee is alerting (180/183 received)
+    ANSWERING = "answering"    # inbound: accept taken, media and engine being set up
+    DIALING = "dialing"        # outbound: INVITE on its way, no provisional answer yet
+    ACCEPTED = "accepted"      # inbound: 200 OK sent, waiting for the ACK
+    ACTIVE = "active"          # the dialog is confirmed both ways: media flows
     ENDED = "ended"            # BYE sent or received after the call was up
-    REJECTED = "rejected"      # final 4xx-6xx sent on the application's word
-    CANCELLED = "cancelled"    # the caller gave up while ringing (CANCEL)
-    TIMED_OUT = "timed_out"    # nobody accepted or rejected in time
-    FAILED = "failed"          # could not be set up (media, engine, transport)
+    REJECTED = "rejected"      # inbound: final 4xx-6xx sent on the application's word
+    CANCELLED = "cancelled"    # the caller gave up (CANCEL), or we hung up while dialing
+    TIMED_OUT = "timed_out"    # nobody accepted, or the callee did not answer, in time
+    FAILED = "failed"          # could not be set up (media, engine, transport, a 4xx-6xx)
 
     @property
     def is_final(self) -> bool:
@@ -25,30 +28,67 @@ class CallState(enum.Enum):
     def is_up(self) -> bool:
         return self in (CallState.ACCEPTED, CallState.ACTIVE)
 
+    @property
+    def is_early(self) -> bool:
+        """Before the answer: the verbs that end such a call reject or cancel it."""
+        return self in (CallState.RINGING, CallState.ANSWERING, CallState.DIALING)
+
+
+class Trigger(enum.Enum):
+    ACCEPT = "accept"          # the application accepted a ringing inbound call
+    ABANDON = "abandon"        # the accept could not be carried out; the call still rings
+    ANSWER = "answer"          # our 2xx went out
+    ACK = "ack"                # the ACK for our 2xx arrived
+    PROGRESS = "progress"      # a 1xx for our INVITE
+    CONNECT = "connect"        # a 2xx for our INVITE (we ACK it at once)
+    REJECT = "reject"          # we answered the INVITE with a final error
+    CANCEL = "cancel"          # the INVITE was cancelled (by either side)
+    TIMEOUT = "timeout"        # ring / answer timer ran out
+    FAIL = "fail"              # set-up failed
+    END = "end"                # BYE either way, or any teardown of an answered call
+
 
 _FINAL = frozenset({CallState.ENDED, CallState.REJECTED, CallState.CANCELLED,
                     CallState.TIMED_OUT, CallState.FAILED})
 
-TRANSITIONS: dict[CallState, frozenset[CallState]] = {
-    CallState.INCOMING: frozenset({CallState.RINGING, CallState.REJECTED, CallState.FAILED,
-                                   CallState.CANCELLED}),
-    CallState.RINGING: frozenset({CallState.ACCEPTED, CallState.REJECTED, CallState.CANCELLED,
-                                  CallState.TIMED_OUT, CallState.FAILED}),
-    CallState.ACCEPTED: frozenset({CallState.ACTIVE, CallState.ENDED, CallState.FAILED}),
-    CallState.ACTIVE: frozenset({CallState.ENDED, CallState.FAILED}),
-    CallState.ENDED: frozenset(),
-    CallState.REJECTED: frozenset(),
-    CallState.CANCELLED: frozenset(),
-    CallState.TIMED_OUT: frozenset(),
-    CallState.FAILED: frozenset(),
+S, T = CallState, Trigger
+TABLE: dict[tuple[CallState, Trigger], CallState] = {
+    # inbound
+    (S.RINGING, T.ACCEPT): S.ANSWERING,
+    (S.RINGING, T.REJECT): S.REJECTED,
+    (S.RINGING, T.CANCEL): S.CANCELLED,
+    (S.RINGING, T.TIMEOUT): S.TIMED_OUT,
+    (S.RINGING, T.FAIL): S.FAILED,
+    (S.ANSWERING, T.ABANDON): S.RINGING,
+    (S.ANSWERING, T.ANSWER): S.ACCEPTED,
+    (S.ANSWERING, T.REJECT): S.REJECTED,
+    (S.ANSWERING, T.CANCEL): S.CANCELLED,
+    (S.ANSWERING, T.TIMEOUT): S.TIMED_OUT,
+    (S.ANSWERING, T.FAIL): S.FAILED,
+    (S.ACCEPTED, T.ACK): S.ACTIVE,
+    (S.ACCEPTED, T.END): S.ENDED,
+    (S.ACCEPTED, T.FAIL): S.FAILED,
+    # outbound
+    (S.DIALING, T.PROGRESS): S.RINGING,
+    (S.RINGING, T.PROGRESS): S.RINGING,
+    (S.DIALING, T.CONNECT): S.ACTIVE,
+    (S.RINGING, T.CONNECT): S.ACTIVE,
+    (S.DIALING, T.CANCEL): S.CANCELLED,
+    (S.DIALING, T.TIMEOUT): S.TIMED_OUT,
+    (S.DIALING, T.FAIL): S.FAILED,
+    # both
+    (S.ACTIVE, T.END): S.ENDED,
+    (S.ACTIVE, T.FAIL): S.FAILED,
 }
+del S, T
 
 
 class InvalidTransition(RuntimeError):
     pass
 
 
-def transition(current: CallState, new: CallState) -> CallState:
-    if new not in TRANSITIONS[current]:
-        raise InvalidTransition(f"call cannot go from {current.value} to {new.value}")
+def transition(current: CallState, trigger: Trigger) -> CallState:
+    new = TABLE.get((current, trigger))
+    if new is None:
+        raise InvalidTransition(f"a call that is {current.value} cannot take {trigger.value}")
     return new

@@ -33,7 +33,7 @@ import opuslib_next.api.encoder  # type: ignore[import-untyped]
 from callgate.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
 
 if TYPE_CHECKING:
-    from callgate.sip.offer_answer import CodecSpec
+    from callgate.media.offer_answer import CodecSpec
 
 __all__ = [
     "Codec",

@@ -25,6 +25,7 @@ from callgate.log import event
 from callgate.media.codecs import Codec, CodecError, create_codec
 from callgate.media.dtmf import DtmfDigit, DtmfReceiver
 from callgate.media.jitter import LOST, JitterBuffer
+from callgate.media.offer_answer import CodecSpec, CryptoSuite, NegotiatedMedia
 from callgate.media.pacer import PacedSender
 from callgate.media.resample import Resampler
 from callgate.media.rtcp import (
@@ -43,7 +44,6 @@ from callgate.media.rtcp import (
 )
 from callgate.media.rtp import RtpError, parse_rtp
 from callgate.media.srtp import SrtpContext, SrtpError
-from callgate.sip.offer_answer import CodecSpec, CryptoSuite, NegotiatedMedia
 
 logger = logging.getLogger(__name__)
 

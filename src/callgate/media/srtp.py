@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import pylibsrtp
 
-from callgate.sip.offer_answer import CryptoSuite
+from callgate.media.offer_answer import CryptoSuite
 
 __all__ = ["SUPPORTED_SUITES", "SrtpContext", "SrtpError", "key_length", "new_crypto"]
 

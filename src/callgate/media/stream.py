@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from callgate.log import event
+from callgate.media.offer_answer import NegotiatedMedia
 from callgate.media.pacer import SendTick
 from callgate.media.ports import BoundPorts, PortPool
 from callgate.media.session import Address, MediaSession
-from callgate.sip.offer_answer import NegotiatedMedia
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """SDP syntax (RFC 8866, which obsoletes RFC 4566): parse and serialize session descriptions.
 
 Only the grammar lives here, plus the value grammars of the attributes that negotiation reads
-(``rtpmap``, ``fmtp``, ``crypto``); choosing codecs is ``offer_answer``'s job.
+(``rtpmap``, ``fmtp``, ``crypto``); choosing codecs is ``callgate.media.offer_answer``'s job.
 
 The parser is liberal in what it accepts from real peers (RFC 8866 §5 allows a bare LF line
 end; trailing blanks, a missing final line end, an empty last line and unknown attributes are

@@ -256,6 +256,10 @@ class SipTransportManager:
         self.endpoint.send_ack(ack, addr, transport, self.loop.time())
         self._pump()
 
+    def send_keepalive(self, addr: Addr, transport: str) -> None:
+        """A CRLF keep-alive (RFC 5626 §3.5.1) on the TCP/TLS connection to ``addr``."""
+        self._transmit(b"\r\n\r\n", addr, transport)
+
     @property
     def connection_count(self) -> int:
         return len(self._connections)

@@ -9,7 +9,7 @@ import struct
 import pylibsrtp
 import pytest
 
-from callgate.sip.offer_answer import (
+from callgate.media.offer_answer import (
     SDES_SUITES,
     CodecSpec,
     CryptoSuite,
