@@ -15,6 +15,7 @@ from callgate.realtime.turns import (
     InputAudioBuffer,
     SpeechStarted,
     SpeechStopped,
+    TurnCheck,
     TurnConfig,
     TurnDetector,
 )
@@ -75,6 +76,50 @@ def test_semantic_vad_eagerness_sets_the_silence() -> None:
         events = feed_all(detector, silence(200))
         assert [type(e) for e in events] == [SpeechStopped]
     assert TurnConfig.from_session(None) is None
+
+
+def semantic(eagerness: str = "auto") -> TurnDetector:
+    config = TurnConfig.from_session({"type": "semantic_vad", "eagerness": eagerness},
+                                     model=True)
+    assert config is not None
+    return TurnDetector(config, EnergyVad())
+
+
+def test_semantic_vad_asks_the_model_after_a_short_silence() -> None:
+    detector = semantic()
+    events = feed_all(detector, silence(300) + tone(1000) + silence(200))
+    assert [type(e) for e in events] == [SpeechStarted, TurnCheck]
+    check = events[1]
+    # The model hears what the VAD heard, at its rate: the speech and the silence after it.
+    assert check.sample_rate == 16000
+    assert 1000 + 64 <= len(check.pcm) * 1000 // (2 * 16000) <= 1500
+    assert detector.verdict(check.check_id, 0.2) is None  # not finished: keep listening
+    assert detector.speaking
+    stopped = detector.verdict(check.check_id, 0.9)
+    assert isinstance(stopped, SpeechStopped) and not detector.speaking
+    assert 1300 <= stopped.speech_end_ms <= 1300 + 64
+    assert stopped.audio_end_ms == detector.position_ms
+    assert detector.verdict(check.check_id, 0.9) is None  # answered once
+
+
+def test_semantic_vad_ignores_an_answer_that_speech_overtook() -> None:
+    detector = semantic("high")
+    check = feed_all(detector, tone(600) + silence(150))[-1]
+    assert isinstance(check, TurnCheck)
+    feed_all(detector, tone(300))
+    assert detector.verdict(check.check_id, 1.0) is None
+    # The next silence is judged afresh.
+    again = feed_all(detector, silence(150))[-1]
+    assert isinstance(again, TurnCheck) and again.check_id != check.check_id
+    assert isinstance(detector.verdict(again.check_id, 0.55), SpeechStopped)  # high: 0.5
+
+
+def test_semantic_vad_longest_wait_ends_an_unfinished_turn() -> None:
+    for eagerness, longest in (("high", 2000), ("medium", 4000), ("low", 8000)):
+        detector = semantic(eagerness)
+        events = feed_all(detector, tone(500) + silence(longest - 100))
+        assert [type(e) for e in events] == [SpeechStarted, TurnCheck]
+        assert [type(e) for e in feed_all(detector, silence(200))] == [SpeechStopped]
 
 
 def test_idle_timeout_fires_once_after_arming() -> None:
@@ -212,11 +257,38 @@ async def test_manual_turns_when_detection_is_off() -> None:
 
 
 @pytest.mark.anyio
-async def test_semantic_vad_session() -> None:
-    session, watcher, _ = await vad_session({"type": "semantic_vad", "eagerness": "high"})
-    feed(session, tone(500) + silence(400))
-    await watcher.until("input_audio_buffer.speech_stopped")
+async def test_semantic_vad_session_ends_the_turn_when_the_model_says_so() -> None:
+    asked: list[int] = []
+
+    async def model(pcm: bytes, rate: int) -> float:
+        asked.append(len(pcm) * 1000 // (2 * rate))
+        return 0.1 if len(asked) == 1 else 0.9
+
+    session, watcher, _ = await vad_session({"type": "semantic_vad", "eagerness": "high"},
+                                            end_of_turn=model)
+    # A first pause the model calls unfinished, then the rest and a pause it calls finished:
+    # one turn, ended long before the 2 s longest wait.
+    feed(session, tone(500) + silence(300))
+    await asyncio.sleep(0.05)
+    assert "input_audio_buffer.speech_stopped" not in Watcher.types(watcher.pending())
+    feed(session, tone(500) + silence(150))
+    stopped, events = await watcher.until("input_audio_buffer.speech_stopped")
+    assert Watcher.types(events).count("input_audio_buffer.speech_started") == 0
+    assert stopped["audio_end_ms"] == 500 + 300 + 500 + 150  # no more silence was needed
+    assert len(asked) == 2 and asked[1] > asked[0]
     await watcher.until("response.done")
+
+
+@pytest.mark.anyio
+async def test_semantic_vad_without_a_model_falls_back_to_silence() -> None:
+    async def broken(pcm: bytes, rate: int) -> float:
+        raise RuntimeError("no model")
+
+    session, watcher, _ = await vad_session({"type": "semantic_vad", "eagerness": "high"},
+                                            end_of_turn=broken)
+    feed(session, tone(500) + silence(2100))
+    stopped, _ = await watcher.until("input_audio_buffer.speech_stopped")
+    assert stopped["audio_end_ms"] >= 500 + 2000
 
 
 @pytest.mark.anyio

@@ -45,12 +45,15 @@ from callgate.realtime.session_config import apply_update, default_session, to_e
 from callgate.realtime.subscribers import Subscription
 from callgate.realtime.transcription import transcribe
 from callgate.realtime.turns import (
+    EndOfTurnModel,
     IdleTimeout,
     InputAudioBuffer,
     SpeechStarted,
     SpeechStopped,
+    TurnCheck,
     TurnConfig,
     TurnDetector,
+    default_end_of_turn,
     default_vad,
 )
 
@@ -63,6 +66,7 @@ MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms of audio
 class RealtimeSession:
     def __init__(self, *, config: dict[str, Any], engine: Engine, call_id: str | None = None,
                  output: AudioOutput | None = None, vad: VoiceActivity | None = None,
+                 end_of_turn: EndOfTurnModel | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``config``: a GA session object (the ``/accept`` body); raises ProtocolError."""
         given = validate_session({"type": "realtime", **config})
@@ -74,6 +78,7 @@ class RealtimeSession:
         self.timelines: deque[dict[str, Any]] = deque(maxlen=64)
         self._clock = clock
         self._vad = vad
+        self._end_of_turn = end_of_turn
         self.config = apply_update(
             default_session(self.session_id, str(config.get("model") or "local"), time.time()),
             given, standalone=output is None)
@@ -198,11 +203,17 @@ class RealtimeSession:
                 self._speech_stopped(turn)
             elif isinstance(turn, IdleTimeout):
                 self._idle_timeout(turn)
+            elif isinstance(turn, TurnCheck):
+                self.spawn(self._judge_turn(detector, turn))
         if not detector.speaking:
             self.buffer.keep_last(detector.config.prefix_padding_ms)
 
     def reconfigure_turns(self) -> None:
-        config = TurnConfig.from_session(self.config["audio"]["input"].get("turn_detection"))
+        turn_detection = self.config["audio"]["input"].get("turn_detection")
+        if (self._end_of_turn is None and turn_detection is not None
+                and turn_detection.get("type") == "semantic_vad"):
+            self._end_of_turn = default_end_of_turn()
+        config = TurnConfig.from_session(turn_detection, model=self._end_of_turn is not None)
         if config is None or self.engine.duplex:
             self.detector = None
             return
@@ -225,6 +236,23 @@ class RealtimeSession:
                    "audio_start_ms": turn.audio_start_ms, "item_id": self._speech_item})
         if self.detector.config.interrupt_response:
             self.interrupt("turn_detected")
+
+    async def _judge_turn(self, detector: TurnDetector, check: TurnCheck) -> None:
+        """Ask the end-of-turn model; the turn ends if it says so and nobody spoke since."""
+        assert self._end_of_turn is not None
+        try:
+            probability = await self._end_of_turn(check.pcm, check.sample_rate)
+        except Exception as exc:  # the longest wait still ends the turn
+            event(logger, "end_of_turn_failed", logging.WARNING, **self.log_fields,
+                  error=str(exc))
+            return
+        if self.closed or detector is not self.detector:
+            return
+        stopped = detector.verdict(check.check_id, probability)
+        event(logger, "end_of_turn_checked", **self.log_fields,
+              probability=round(probability, 3), ended=stopped is not None)
+        if stopped is not None:
+            self._speech_stopped(stopped)
 
     def _speech_stopped(self, turn: SpeechStopped) -> None:
         assert self.detector is not None

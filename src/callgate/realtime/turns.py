@@ -12,9 +12,25 @@ part of the committed audio); it stops once the probability has stayed below
 ``threshold - 0.15`` (hysteresis, as Silero's reference iterator does) for
 ``silence_duration_ms``, and is reported at the end of that silence.
 
-``semantic_vad`` has no end-of-turn language model here; its ``eagerness`` picks how much
-silence ends a turn: ``high`` 300 ms, ``medium``/``auto`` 700 ms, ``low`` 1200 ms, with
-``threshold`` 0.5 and 300 ms of prefix padding.
+``semantic_vad`` asks an end-of-turn model (Smart Turn, engines/turn_model.py) once the
+caller has been silent for a moment: when it says the turn is complete, the turn ends there;
+otherwise the detector keeps listening, and the turn ends anyway after the longest wait.
+``eagerness`` sets both (the longest waits are OpenAI's documented 8/4/2 s):
+
+==========  ==========  ============  ============
+eagerness   ask after   complete at   longest wait
+==========  ==========  ============  ============
+high        64 ms       p >= 0.5      2000 ms
+medium      64 ms       p >= 0.7      4000 ms
+auto        64 ms       p >= 0.7      4000 ms
+low         288 ms      p >= 0.85     8000 ms
+==========  ==========  ============  ============
+
+The detector is sans-IO here too: it returns a :class:`TurnCheck` with the audio to judge, the
+session runs the model off the event loop and hands the probability back through
+:meth:`TurnDetector.verdict`; a check that speech has overtaken since is ignored. Without the
+model, ``eagerness`` picks a plain silence instead: ``high`` 300 ms, ``medium``/``auto``
+700 ms, ``low`` 1200 ms. Both modes use ``threshold`` 0.5 and 300 ms of prefix padding.
 
 ``idle_timeout_ms`` counts from :meth:`TurnDetector.arm_idle` (the moment the assistant's
 audio finished playing) and fires once if no speech started in that time.
@@ -23,18 +39,50 @@ audio finished playing) and fires once if no speech started in that time.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import soxr
 
+from callgate.engines.threads import run_blocking
 from callgate.engines.vad import VoiceActivity
+from callgate.log import event
 
 logger = logging.getLogger(__name__)
 
 INPUT_RATE = 24000
 _HYSTERESIS = 0.15
 _EAGERNESS_SILENCE_MS = {"high": 300, "medium": 700, "auto": 700, "low": 1200}
+# eagerness -> (silence before asking the model, probability that ends the turn, longest wait)
+_EAGERNESS_MODEL = {"high": (64, 0.5, 2000), "medium": (64, 0.7, 4000),
+                    "auto": (64, 0.7, 4000), "low": (288, 0.85, 8000)}
+# The end-of-turn model reads the last 8 s; keep that much of the VAD's input at hand.
+_TURN_CONTEXT_MS = 8000
+
+
+EndOfTurnModel = Callable[[bytes, int], Awaitable[float]]
+
+
+def default_end_of_turn() -> EndOfTurnModel | None:
+    """Smart Turn, run on the inference pool; None (semantic_vad falls back to silence) when
+    its weights are not installed."""
+    from callgate.engines import turn_model
+
+    try:
+        turn_model.default_model_path()
+    except Exception as exc:
+        event(logger, "end_of_turn_model_unavailable", logging.WARNING, error=str(exc))
+        return None
+
+    async def probability(pcm: bytes, sample_rate: int) -> float:
+        if sample_rate != turn_model.RATE:
+            raise ValueError(f"the end-of-turn model takes {turn_model.RATE} Hz audio")
+        return await run_blocking(
+            lambda: next(turn_model.end_of_turn({"pcm": pcm}, threading.Event()), 0.0))
+
+    return probability
 
 
 def default_vad() -> VoiceActivity | None:
@@ -65,7 +113,17 @@ class IdleTimeout:
     audio_end_ms: int
 
 
-TurnEvent = SpeechStarted | SpeechStopped | IdleTimeout
+@dataclass(frozen=True, slots=True)
+class TurnCheck:
+    """Ask the end-of-turn model about ``pcm`` (the VAD's rate, ending in the silence so far)
+    and hand the answer to :meth:`TurnDetector.verdict` with ``check_id``."""
+
+    pcm: bytes
+    sample_rate: int
+    check_id: int
+
+
+TurnEvent = SpeechStarted | SpeechStopped | IdleTimeout | TurnCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +134,16 @@ class TurnConfig:
     idle_timeout_ms: int | None
     create_response: bool
     interrupt_response: bool
+    # semantic_vad with a model: ask it after this much silence; end at this probability
+    # (silence_duration_ms is then the longest wait). None: silence alone ends a turn.
+    check_after_ms: int | None = None
+    complete_at: float = 1.0
 
     @classmethod
-    def from_session(cls, turn_detection: dict[str, Any] | None) -> TurnConfig | None:
-        """The detector settings for a session's ``audio.input.turn_detection`` (None: off)."""
+    def from_session(cls, turn_detection: dict[str, Any] | None, *, model: bool = False
+                     ) -> TurnConfig | None:
+        """The detector settings for a session's ``audio.input.turn_detection`` (None: off);
+        ``model``: an end-of-turn model is available to ``semantic_vad``."""
         if turn_detection is None:
             return None
         create = turn_detection.get("create_response")
@@ -88,6 +152,11 @@ class TurnConfig:
                   "interrupt_response": True if interrupt is None else bool(interrupt)}
         if turn_detection.get("type") == "semantic_vad":
             eagerness = turn_detection.get("eagerness") or "auto"
+            if model:
+                check_after, complete_at, longest = _EAGERNESS_MODEL[eagerness]
+                return cls(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=longest,
+                           idle_timeout_ms=None, check_after_ms=check_after,
+                           complete_at=complete_at, **common)
             return cls(threshold=0.5, prefix_padding_ms=300,
                        silence_duration_ms=_EAGERNESS_SILENCE_MS[eagerness],
                        idle_timeout_ms=None, **common)
@@ -120,6 +189,10 @@ class TurnDetector:
         self.speaking = False
         self._silence_start_ms: int | None = None
         self._idle_from_ms: int | None = None
+        self._context = bytearray()  # the last seconds of VAD input, for the end-of-turn model
+        self._context_bytes = 2 * vad.sample_rate * _TURN_CONTEXT_MS // 1000
+        self._check_id = 0  # bumped whenever a pending check stops being current
+        self._checked = False  # the model was asked about this silence already
 
     @property
     def position_ms(self) -> int:
@@ -140,7 +213,17 @@ class TurnDetector:
         """Forget a speech segment in progress (``input_audio_buffer.clear``)."""
         self.speaking = False
         self._silence_start_ms = None
+        self._check_id += 1
+        self._checked = False
         self._vad.reset()
+
+    def verdict(self, check_id: int, probability: float) -> SpeechStopped | None:
+        """The model's answer to :class:`TurnCheck` ``check_id``: the turn ends now if the
+        check is still current (the caller is still silent) and ``probability`` is enough."""
+        if (check_id != self._check_id or not self.speaking or self._silence_start_ms is None
+                or probability < self.config.complete_at):
+            return None
+        return self._stop(self.position_ms)
 
     def feed(self, pcm: bytes) -> list[TurnEvent]:
         self._input_samples += len(pcm) // 2
@@ -155,6 +238,9 @@ class TurnDetector:
         while len(self._pending) >= self._frame_bytes:
             frame = bytes(self._pending[:self._frame_bytes])
             del self._pending[:self._frame_bytes]
+            if self.config.check_after_ms is not None:
+                self._context += frame
+                del self._context[:-self._context_bytes]
             start_ms = self._vad_samples * 1000 // self._vad.sample_rate
             self._vad_samples += self._vad.frame_samples
             end_ms = self._vad_samples * 1000 // self._vad.sample_rate
@@ -176,16 +262,30 @@ class TurnDetector:
                 return SpeechStarted(max(0, start_ms - cfg.prefix_padding_ms))
             return None
         if probability >= cfg.threshold:
-            self._silence_start_ms = None
+            if self._silence_start_ms is not None:
+                self._silence_start_ms = None
+                self._check_id += 1
+                self._checked = False
         elif probability < max(cfg.threshold - _HYSTERESIS, 0.01):
             if self._silence_start_ms is None:
                 self._silence_start_ms = start_ms
-            if end_ms - self._silence_start_ms >= cfg.silence_duration_ms:
-                self.speaking = False
-                speech_end = self._silence_start_ms
-                self._silence_start_ms = None
-                return SpeechStopped(audio_end_ms=end_ms, speech_end_ms=speech_end)
+            silent_ms = end_ms - self._silence_start_ms
+            if silent_ms >= cfg.silence_duration_ms:
+                return self._stop(end_ms)
+            if (cfg.check_after_ms is not None and not self._checked
+                    and silent_ms >= cfg.check_after_ms):
+                self._checked = True
+                return TurnCheck(bytes(self._context), self._vad.sample_rate, self._check_id)
         return None
+
+    def _stop(self, end_ms: int) -> SpeechStopped:
+        assert self._silence_start_ms is not None
+        speech_end = self._silence_start_ms
+        self.speaking = False
+        self._silence_start_ms = None
+        self._check_id += 1
+        self._checked = False
+        return SpeechStopped(audio_end_ms=end_ms, speech_end_ms=speech_end)
 
     def _check_idle(self) -> IdleTimeout | None:
         timeout = self.config.idle_timeout_ms
