@@ -351,3 +351,21 @@ async def test_idle_timeout_counts_from_the_end_of_playback_on_a_call() -> None:
     assert timeout["audio_end_ms"] - timeout["audio_start_ms"] == 400
     done, _ = await watcher.until("response.done")
     assert done["response"]["output"][0]["content"][0]["transcript"] == "Still there?"
+
+
+@pytest.mark.anyio
+async def test_noise_reduction_null_leaves_caller_audio_bit_for_bit() -> None:
+    pcm = tone(400) + bytes(range(256)) * 30 + silence(100)
+    pcm = pcm[: len(pcm) // 960 * 960]
+    heard = {}
+    for reduction in (None, {"type": "near_field"}, {"type": "far_field"}):
+        session = RealtimeSession(
+            config={"audio": {"input": {"turn_detection": None,
+                                        "noise_reduction": reduction}}},
+            engine=ScriptedEngine(), vad=EnergyVad())
+        feed(session, pcm)
+        heard[None if reduction is None else reduction["type"]] = session.buffer.take()
+        await session.close("test")
+    assert heard[None] == pcm
+    for mode in ("near_field", "far_field"):
+        assert len(heard[mode]) == len(pcm) and heard[mode] != pcm

@@ -27,6 +27,7 @@ from callgate.engines.base import (
     TranscriptDelta,
     TranscriptDone,
 )
+from callgate.engines.denoise import NoiseSuppressor
 from callgate.engines.vad import VoiceActivity
 from callgate.log import event
 from callgate.realtime import client_events
@@ -79,6 +80,7 @@ class RealtimeSession:
         self._clock = clock
         self._vad = vad
         self._end_of_turn = end_of_turn
+        self._denoiser: NoiseSuppressor | None = None
         self.config = apply_update(
             default_session(self.session_id, str(config.get("model") or "local"), time.time()),
             given, standalone=output is None)
@@ -126,6 +128,8 @@ class RealtimeSession:
         await asyncio.gather(*tasks, return_exceptions=True)
         for sub in list(self._subscribers):
             sub.close()
+        if self._denoiser is not None:
+            self._denoiser.close()
         try:
             await self.engine.aclose()
         finally:
@@ -192,6 +196,8 @@ class RealtimeSession:
         if self.engine.duplex:
             self.engine.push_audio(pcm)
             return
+        if self._denoiser is not None:
+            pcm = self._denoiser.process(pcm)
         self.buffer.append(pcm)
         detector = self.detector
         if detector is None:
@@ -209,6 +215,8 @@ class RealtimeSession:
             self.buffer.keep_last(detector.config.prefix_padding_ms)
 
     def reconfigure_turns(self) -> None:
+        """Set up the caller-audio path from the session: noise reduction, turn detection."""
+        self._reconfigure_noise()
         turn_detection = self.config["audio"]["input"].get("turn_detection")
         if (self._end_of_turn is None and turn_detection is not None
                 and turn_detection.get("type") == "semantic_vad"):
@@ -236,6 +244,22 @@ class RealtimeSession:
                    "audio_start_ms": turn.audio_start_ms, "item_id": self._speech_item})
         if self.detector.config.interrupt_response:
             self.interrupt("turn_detected")
+
+    def _reconfigure_noise(self) -> None:
+        reduction = self.config["audio"]["input"].get("noise_reduction")
+        mode = reduction.get("type") if isinstance(reduction, dict) else None
+        if mode is None or self.engine.duplex:  # an upstream model does its own
+            if self._denoiser is not None:
+                self._denoiser.close()
+            self._denoiser = None
+        elif self._denoiser is not None:
+            self._denoiser.mode = mode
+        else:
+            try:
+                self._denoiser = NoiseSuppressor(mode)
+            except Exception as exc:
+                event(logger, "noise_reduction_unavailable", logging.WARNING, **self.log_fields,
+                      error=str(exc))
 
     async def _judge_turn(self, detector: TurnDetector, check: TurnCheck) -> None:
         """Ask the end-of-turn model; the turn ends if it says so and nobody spoke since."""
