@@ -13,9 +13,9 @@ from callgate.realtime.session import RealtimeSession
 from callgate.realtime.turns import (
     IdleTimeout,
     InputAudioBuffer,
+    Pause,
     SpeechStarted,
     SpeechStopped,
-    TurnCheck,
     TurnConfig,
     TurnDetector,
 )
@@ -38,8 +38,10 @@ def test_server_vad_start_and_stop_positions() -> None:
     assert config is not None
     detector = TurnDetector(config, EnergyVad())
     events = feed_all(detector, silence(1000) + tone(800) + silence(1000))
-    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped]
-    start, stop = events
+    assert [type(e) for e in events] == [SpeechStarted, Pause, SpeechStopped]
+    start, pause, stop = events
+    # The pause is reported 160 ms into the silence, and the stop says it ended that pause.
+    assert stop.pause_id == pause.pause_id
     # Speech begins at 1000 ms; the first VAD frame (32 ms) holding it reports it, minus the
     # 300 ms prefix padding.
     assert 1000 - 300 - 32 <= start.audio_start_ms <= 1000 - 300 + 32
@@ -54,7 +56,10 @@ def test_short_pauses_do_not_end_the_turn() -> None:
     assert config is not None
     detector = TurnDetector(config, EnergyVad())
     pcm = tone(400) + silence(300) + tone(400) + silence(600)
-    assert [type(e) for e in feed_all(detector, pcm)] == [SpeechStarted, SpeechStopped]
+    events = feed_all(detector, pcm)
+    assert [type(e) for e in events] == [SpeechStarted, Pause, Pause, SpeechStopped]
+    first, second, stop = events[1:]
+    assert first.pause_id != second.pause_id == stop.pause_id
 
 
 def test_threshold_decides() -> None:
@@ -72,7 +77,7 @@ def test_semantic_vad_eagerness_sets_the_silence() -> None:
         assert config is not None and config.silence_duration_ms == silence_ms
         detector = TurnDetector(config, EnergyVad())
         events = feed_all(detector, tone(500) + silence(silence_ms - 100))
-        assert [type(e) for e in events] == [SpeechStarted]
+        assert [type(e) for e in events] == [SpeechStarted, Pause]
         events = feed_all(detector, silence(200))
         assert [type(e) for e in events] == [SpeechStopped]
     assert TurnConfig.from_session(None) is None
@@ -88,37 +93,37 @@ def semantic(eagerness: str = "auto") -> TurnDetector:
 def test_semantic_vad_asks_the_model_after_a_short_silence() -> None:
     detector = semantic()
     events = feed_all(detector, silence(300) + tone(1000) + silence(200))
-    assert [type(e) for e in events] == [SpeechStarted, TurnCheck]
+    assert [type(e) for e in events] == [SpeechStarted, Pause]
     check = events[1]
     # The model hears what the VAD heard, at its rate: the speech and the silence after it.
     assert check.sample_rate == 16000
     assert 1000 + 64 <= len(check.pcm) * 1000 // (2 * 16000) <= 1500
-    assert detector.verdict(check.check_id, 0.2) is None  # not finished: keep listening
+    assert detector.verdict(check.pause_id, 0.2) is None  # not finished: keep listening
     assert detector.speaking
-    stopped = detector.verdict(check.check_id, 0.9)
+    stopped = detector.verdict(check.pause_id, 0.9)
     assert isinstance(stopped, SpeechStopped) and not detector.speaking
     assert 1300 <= stopped.speech_end_ms <= 1300 + 64
     assert stopped.audio_end_ms == detector.position_ms
-    assert detector.verdict(check.check_id, 0.9) is None  # answered once
+    assert detector.verdict(check.pause_id, 0.9) is None  # answered once
 
 
 def test_semantic_vad_ignores_an_answer_that_speech_overtook() -> None:
     detector = semantic("high")
     check = feed_all(detector, tone(600) + silence(150))[-1]
-    assert isinstance(check, TurnCheck)
+    assert isinstance(check, Pause)
     feed_all(detector, tone(300))
-    assert detector.verdict(check.check_id, 1.0) is None
+    assert detector.verdict(check.pause_id, 1.0) is None
     # The next silence is judged afresh.
     again = feed_all(detector, silence(150))[-1]
-    assert isinstance(again, TurnCheck) and again.check_id != check.check_id
-    assert isinstance(detector.verdict(again.check_id, 0.55), SpeechStopped)  # high: 0.5
+    assert isinstance(again, Pause) and again.pause_id != check.pause_id
+    assert isinstance(detector.verdict(again.pause_id, 0.55), SpeechStopped)  # high: 0.5
 
 
 def test_semantic_vad_longest_wait_ends_an_unfinished_turn() -> None:
     for eagerness, longest in (("high", 2000), ("medium", 4000), ("low", 8000)):
         detector = semantic(eagerness)
         events = feed_all(detector, tone(500) + silence(longest - 100))
-        assert [type(e) for e in events] == [SpeechStarted, TurnCheck]
+        assert [type(e) for e in events] == [SpeechStarted, Pause]
         assert [type(e) for e in feed_all(detector, silence(200))] == [SpeechStopped]
 
 
@@ -132,7 +137,7 @@ def test_idle_timeout_fires_once_after_arming() -> None:
     assert events == [IdleTimeout(audio_start_ms=2000, audio_end_ms=3000)]
     detector.arm_idle()
     events = feed_all(detector, silence(500) + tone(600) + silence(1000))
-    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped]  # speech disarms
+    assert [type(e) for e in events] == [SpeechStarted, Pause, SpeechStopped]  # speech disarms
 
 
 def test_input_buffer_positions() -> None:
@@ -181,9 +186,11 @@ async def test_speech_turn_commits_transcribes_and_answers() -> None:
     assert "conversation.item.input_audio_transcription.delta" in Watcher.types(events)
     done, _ = await watcher.until("response.done")
     assert done["response"]["status"] == "completed"
-    # The engine heard the speech plus prefix padding and the silence that ended it.
+    # Transcription started 160 ms into the silence, on the speech plus prefix padding, and
+    # as the caller said nothing more, that run gave the turn its words: one run in all.
+    assert len(engine.heard) == 1
     heard_ms = len(engine.heard[0]) * 1000 // 48000
-    assert 1000 + 500 <= heard_ms <= 1000 + 300 + 700
+    assert 1000 + 160 <= heard_ms <= 1000 + 300 + 160 + 64
     user = engine.requests[0].conversation[0]
     assert user["content"][0]["transcript"] == "what time is it"
     timeline = session.timelines[-1]
@@ -369,3 +376,31 @@ async def test_noise_reduction_null_leaves_caller_audio_bit_for_bit() -> None:
     assert heard[None] == pcm
     for mode in ("near_field", "far_field"):
         assert len(heard[mode]) == len(pcm) and heard[mode] != pcm
+
+
+@pytest.mark.anyio
+async def test_words_arrive_while_the_caller_speaks_and_are_ready_when_they_stop() -> None:
+    async def model(pcm: bytes, rate: int) -> float:
+        return 0.1 if len(pcm) < 2 * (2 * rate) else 0.9  # finished once 2 s were said
+
+    engine = ScriptedEngine(transcripts=["I would like", "I would like a table"])
+    session, watcher, _ = await vad_session({"type": "semantic_vad", "eagerness": "high"},
+                                            engine=engine, end_of_turn=model)
+    feed(session, tone(1000) + silence(150))
+    delta, before = await watcher.until("conversation.item.input_audio_transcription.delta")
+    assert "input_audio_buffer.speech_stopped" not in Watcher.types(before)
+    assert "input_audio_buffer.committed" not in Watcher.types(before)
+    item_id = delta["item_id"]
+    feed(session, tone(1000) + silence(150))
+    stopped, _ = await watcher.until("input_audio_buffer.speech_stopped")
+    completed, _ = await watcher.until(
+        "conversation.item.input_audio_transcription.completed")
+    deltas = [e["delta"] for e in watcher.seen
+              if e["type"] == "conversation.item.input_audio_transcription.delta"]
+    # Each run extended what the client had already been sent; no words were sent twice.
+    assert "".join(deltas).strip() == completed["transcript"] == "I would like a table"
+    assert stopped["item_id"] == completed["item_id"] == item_id
+    # Two runs, one per pause; the second heard the whole turn and gave it its words.
+    assert [len(pcm) * 1000 // 48000 for pcm in engine.heard] == [
+        pytest.approx(1000 + 64, abs=64), pytest.approx(2000 + 150 + 64, abs=64)]
+    await watcher.until("response.done")

@@ -16,6 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from callgate.engines.base import (
@@ -44,14 +45,14 @@ from callgate.realtime.responses import (
 )
 from callgate.realtime.session_config import apply_update, default_session, to_engine_config
 from callgate.realtime.subscribers import Subscription
-from callgate.realtime.transcription import transcribe
+from callgate.realtime.transcription import ItemTranscript, Transcript
 from callgate.realtime.turns import (
     EndOfTurnModel,
     IdleTimeout,
     InputAudioBuffer,
+    Pause,
     SpeechStarted,
     SpeechStopped,
-    TurnCheck,
     TurnConfig,
     TurnDetector,
     default_end_of_turn,
@@ -59,6 +60,17 @@ from callgate.realtime.turns import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _EarlyRun:
+    """A transcription started at a pause of the caller, before the turn was known to end."""
+
+    item_id: str
+    pause_id: int
+    transcript: ItemTranscript
+    task: asyncio.Task[Transcript]
+
 
 DTMF_KEYS = frozenset("0123456789*#ABCD")
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms of audio
@@ -99,6 +111,7 @@ class RealtimeSession:
         self._next_timeline: Timeline | None = None
         self._active_task: asyncio.Task[None] | None = None
         self._transcriptions: dict[str, asyncio.Task[None]] = {}
+        self._early: _EarlyRun | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_response_id: str | None = None
         self.reconfigure_turns()
@@ -122,7 +135,8 @@ class RealtimeSession:
         self.closed = True
         if self.active is not None:
             self.active.finish("cancelled")
-        tasks = [t for t in (*self._tasks, self._active_task) if t]
+        early = self._early.task if self._early is not None else None
+        tasks = [t for t in (*self._tasks, self._active_task, early) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -209,8 +223,8 @@ class RealtimeSession:
                 self._speech_stopped(turn)
             elif isinstance(turn, IdleTimeout):
                 self._idle_timeout(turn)
-            elif isinstance(turn, TurnCheck):
-                self.spawn(self._judge_turn(detector, turn))
+            elif isinstance(turn, Pause):
+                self._caller_paused(detector, turn)
         if not detector.speaking:
             self.buffer.keep_last(detector.config.prefix_padding_ms)
 
@@ -261,7 +275,23 @@ class RealtimeSession:
                 event(logger, "noise_reduction_unavailable", logging.WARNING, **self.log_fields,
                       error=str(exc))
 
-    async def _judge_turn(self, detector: TurnDetector, check: TurnCheck) -> None:
+    def _caller_paused(self, detector: TurnDetector, pause: Pause) -> None:
+        """Start transcribing what the caller said so far; with semantic_vad, ask the model
+        whether that was all."""
+        if detector.config.complete_at is not None and self._end_of_turn is not None:
+            self.spawn(self._judge_turn(detector, pause))
+        item_id = self._speech_item
+        if item_id is None:
+            return
+        early = self._early
+        if early is not None:
+            early.task.cancel()  # the caller spoke again since: its audio is not the turn
+        transcript = (early.transcript if early is not None and early.item_id == item_id
+                      else ItemTranscript(self.engine, self.emit, item_id))
+        task = asyncio.get_running_loop().create_task(transcript.run(self.buffer.peek()))
+        self._early = _EarlyRun(item_id, pause.pause_id, transcript, task)
+
+    async def _judge_turn(self, detector: TurnDetector, check: Pause) -> None:
         """Ask the end-of-turn model; the turn ends if it says so and nobody spoke since."""
         assert self._end_of_turn is not None
         try:
@@ -272,7 +302,7 @@ class RealtimeSession:
             return
         if self.closed or detector is not self.detector:
             return
-        stopped = detector.verdict(check.check_id, probability)
+        stopped = detector.verdict(check.pause_id, probability)
         event(logger, "end_of_turn_checked", **self.log_fields,
               probability=round(probability, 3), ended=stopped is not None)
         if stopped is not None:
@@ -286,7 +316,7 @@ class RealtimeSession:
         timeline = Timeline(speech_end=now - (turn.audio_end_ms - turn.speech_end_ms) / 1000)
         self.emit({"type": "input_audio_buffer.speech_stopped",
                    "audio_end_ms": turn.audio_end_ms, "item_id": item_id})
-        self.commit(item_id, timeline=timeline)
+        self.commit(item_id, timeline=timeline, pause_id=turn.pause_id)
         if self.detector.config.create_response and self.active is None:
             self.create_response(None, timeline=timeline)
 
@@ -301,8 +331,10 @@ class RealtimeSession:
         self.create_response(None)
 
     def commit(self, item_id: str | None = None, *, event_id: str | None = None,
-               timeline: Timeline | None = None, transcript: str | None = None) -> None:
-        """Make the buffered caller audio a user item (and transcribe it)."""
+               timeline: Timeline | None = None, transcript: str | None = None,
+               pause_id: int | None = None) -> None:
+        """Make the buffered caller audio a user item (and transcribe it); ``pause_id``: the
+        turn ended in that pause, so a transcription started there heard all of it."""
         if item_id is None and self.buffer.duration_ms < MIN_COMMIT_MS:
             raise ProtocolError(
                 f"Error committing input audio buffer: buffer too small. Expected at least "
@@ -325,8 +357,20 @@ class RealtimeSession:
                    "previous_item_id": previous})
         self.item_added(item, previous)
         self._next_timeline = timeline
-        if transcript is None:
-            self.transcribe(item_id, pcm, timeline)
+        early, self._early = self._early, None
+        if early is not None and (early.item_id != item_id or early.pause_id != pause_id):
+            early.task.cancel()
+            if early.item_id != item_id:
+                early = None
+        if transcript is not None:
+            if early is not None:
+                early.task.cancel()
+        elif early is not None and early.pause_id == pause_id:
+            self._transcribe(early.transcript, early.task, timeline)
+        else:
+            transcript_of = (early.transcript if early is not None
+                             else ItemTranscript(self.engine, self.emit, item_id))
+            self._transcribe(transcript_of, transcript_of.run(pcm), timeline)
 
     def item_added(self, item: dict[str, Any], previous: str | None) -> None:
         self.emit({"type": "conversation.item.added", "previous_item_id": previous,
@@ -335,8 +379,17 @@ class RealtimeSession:
                    "item": copy.deepcopy(item)})
 
     def transcribe(self, item_id: str, pcm: bytes, timeline: Timeline | None = None) -> None:
-        task = self.spawn(transcribe(self.engine, self.conversation, self.emit, item_id, pcm,
-                                     timeline))
+        transcript = ItemTranscript(self.engine, self.emit, item_id)
+        self._transcribe(transcript, transcript.run(pcm), timeline)
+
+    def _transcribe(self, transcript: ItemTranscript,
+                    run: Coroutine[Any, Any, Transcript] | asyncio.Task[Transcript],
+                    timeline: Timeline | None) -> None:
+        async def finish() -> None:
+            transcript.finish(self.conversation, await run, timeline)
+
+        item_id = transcript.item_id
+        task = self.spawn(finish())
         self._transcriptions[item_id] = task
         task.add_done_callback(lambda _: self._transcriptions.pop(item_id, None))
 

@@ -26,9 +26,15 @@ auto        64 ms       p >= 0.7      4000 ms
 low         288 ms      p >= 0.85     8000 ms
 ==========  ==========  ============  ============
 
-The detector is sans-IO here too: it returns a :class:`TurnCheck` with the audio to judge, the
+The detector is sans-IO here too: it returns a :class:`Pause` with the audio to judge, the
 session runs the model off the event loop and hands the probability back through
-:meth:`TurnDetector.verdict`; a check that speech has overtaken since is ignored. Without the
+:meth:`TurnDetector.verdict`; an answer that speech has overtaken since is ignored.
+
+Every mode reports a :class:`Pause` once the caller has been silent for ``pause_ms`` (the
+model's "ask after" above, else 160 ms or half the silence that ends a turn): the session
+starts transcribing there, so that the transcript is ready, or nearly, when the turn ends;
+:class:`SpeechStopped` says which pause it ended, so that the session knows whether the
+caller said anything after it. Without the
 model, ``eagerness`` picks a plain silence instead: ``high`` 300 ms, ``medium``/``auto``
 700 ms, ``low`` 1200 ms. Both modes use ``threshold`` 0.5 and 300 ms of prefix padding.
 
@@ -105,6 +111,7 @@ class SpeechStarted:
 class SpeechStopped:
     audio_end_ms: int
     speech_end_ms: int  # where the silence began: the caller's real end of speech
+    pause_id: int | None = None  # the Pause reported in that silence, if one was
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,16 +121,17 @@ class IdleTimeout:
 
 
 @dataclass(frozen=True, slots=True)
-class TurnCheck:
-    """Ask the end-of-turn model about ``pcm`` (the VAD's rate, ending in the silence so far)
-    and hand the answer to :meth:`TurnDetector.verdict` with ``check_id``."""
+class Pause:
+    """The caller has paused: ``pcm`` is the last seconds of audio at the VAD's rate, ending
+    in the silence so far. With a model (``TurnConfig.complete_at``), hand its answer to
+    :meth:`TurnDetector.verdict` with ``pause_id``."""
 
     pcm: bytes
     sample_rate: int
-    check_id: int
+    pause_id: int
 
 
-TurnEvent = SpeechStarted | SpeechStopped | IdleTimeout | TurnCheck
+TurnEvent = SpeechStarted | SpeechStopped | IdleTimeout | Pause
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +142,10 @@ class TurnConfig:
     idle_timeout_ms: int | None
     create_response: bool
     interrupt_response: bool
-    # semantic_vad with a model: ask it after this much silence; end at this probability
-    # (silence_duration_ms is then the longest wait). None: silence alone ends a turn.
-    check_after_ms: int | None = None
-    complete_at: float = 1.0
+    # How much silence makes a Pause; semantic_vad with a model: the probability that ends
+    # the turn at a pause (silence_duration_ms is then the longest wait). None: silence only.
+    pause_ms: int = 160
+    complete_at: float | None = None
 
     @classmethod
     def from_session(cls, turn_detection: dict[str, Any] | None, *, model: bool = False
@@ -153,18 +161,23 @@ class TurnConfig:
         if turn_detection.get("type") == "semantic_vad":
             eagerness = turn_detection.get("eagerness") or "auto"
             if model:
-                check_after, complete_at, longest = _EAGERNESS_MODEL[eagerness]
+                pause, complete_at, longest = _EAGERNESS_MODEL[eagerness]
                 return cls(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=longest,
-                           idle_timeout_ms=None, check_after_ms=check_after,
-                           complete_at=complete_at, **common)
-            return cls(threshold=0.5, prefix_padding_ms=300,
-                       silence_duration_ms=_EAGERNESS_SILENCE_MS[eagerness],
-                       idle_timeout_ms=None, **common)
+                           idle_timeout_ms=None, pause_ms=pause, complete_at=complete_at,
+                           **common)
+            silence = _EAGERNESS_SILENCE_MS[eagerness]
+            return cls(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=silence,
+                       idle_timeout_ms=None, pause_ms=_pause_ms(silence), **common)
         idle = turn_detection.get("idle_timeout_ms")
+        silence = int(_or(turn_detection.get("silence_duration_ms"), 500))
         return cls(threshold=float(_or(turn_detection.get("threshold"), 0.5)),
                    prefix_padding_ms=int(_or(turn_detection.get("prefix_padding_ms"), 300)),
-                   silence_duration_ms=int(_or(turn_detection.get("silence_duration_ms"), 500)),
-                   idle_timeout_ms=int(idle) if idle else None, **common)
+                   silence_duration_ms=silence, idle_timeout_ms=int(idle) if idle else None,
+                   pause_ms=_pause_ms(silence), **common)
+
+
+def _pause_ms(silence_ms: int) -> int:
+    return min(160, silence_ms // 2)
 
 
 def _or(value: Any, default: float) -> Any:
@@ -191,8 +204,8 @@ class TurnDetector:
         self._idle_from_ms: int | None = None
         self._context = bytearray()  # the last seconds of VAD input, for the end-of-turn model
         self._context_bytes = 2 * vad.sample_rate * _TURN_CONTEXT_MS // 1000
-        self._check_id = 0  # bumped whenever a pending check stops being current
-        self._checked = False  # the model was asked about this silence already
+        self._pause_id = 0  # bumped whenever the current pause ends
+        self._paused = False  # this silence was reported as a Pause already
 
     @property
     def position_ms(self) -> int:
@@ -213,15 +226,16 @@ class TurnDetector:
         """Forget a speech segment in progress (``input_audio_buffer.clear``)."""
         self.speaking = False
         self._silence_start_ms = None
-        self._check_id += 1
-        self._checked = False
+        self._pause_id += 1
+        self._paused = False
         self._vad.reset()
 
-    def verdict(self, check_id: int, probability: float) -> SpeechStopped | None:
-        """The model's answer to :class:`TurnCheck` ``check_id``: the turn ends now if the
+    def verdict(self, pause_id: int, probability: float) -> SpeechStopped | None:
+        """The model's answer to :class:`Pause` ``pause_id``: the turn ends now if the
         check is still current (the caller is still silent) and ``probability`` is enough."""
-        if (check_id != self._check_id or not self.speaking or self._silence_start_ms is None
-                or probability < self.config.complete_at):
+        complete_at = self.config.complete_at
+        if (pause_id != self._pause_id or not self.speaking or self._silence_start_ms is None
+                or complete_at is None or probability < complete_at):
             return None
         return self._stop(self.position_ms)
 
@@ -238,7 +252,7 @@ class TurnDetector:
         while len(self._pending) >= self._frame_bytes:
             frame = bytes(self._pending[:self._frame_bytes])
             del self._pending[:self._frame_bytes]
-            if self.config.check_after_ms is not None:
+            if self.config.complete_at is not None:
                 self._context += frame
                 del self._context[:-self._context_bytes]
             start_ms = self._vad_samples * 1000 // self._vad.sample_rate
@@ -264,28 +278,28 @@ class TurnDetector:
         if probability >= cfg.threshold:
             if self._silence_start_ms is not None:
                 self._silence_start_ms = None
-                self._check_id += 1
-                self._checked = False
+                self._pause_id += 1
+                self._paused = False
         elif probability < max(cfg.threshold - _HYSTERESIS, 0.01):
             if self._silence_start_ms is None:
                 self._silence_start_ms = start_ms
             silent_ms = end_ms - self._silence_start_ms
             if silent_ms >= cfg.silence_duration_ms:
                 return self._stop(end_ms)
-            if (cfg.check_after_ms is not None and not self._checked
-                    and silent_ms >= cfg.check_after_ms):
-                self._checked = True
-                return TurnCheck(bytes(self._context), self._vad.sample_rate, self._check_id)
+            if not self._paused and silent_ms >= cfg.pause_ms:
+                self._paused = True
+                return Pause(bytes(self._context), self._vad.sample_rate, self._pause_id)
         return None
 
     def _stop(self, end_ms: int) -> SpeechStopped:
         assert self._silence_start_ms is not None
-        speech_end = self._silence_start_ms
+        stopped = SpeechStopped(audio_end_ms=end_ms, speech_end_ms=self._silence_start_ms,
+                                pause_id=self._pause_id if self._paused else None)
         self.speaking = False
         self._silence_start_ms = None
-        self._check_id += 1
-        self._checked = False
-        return SpeechStopped(audio_end_ms=end_ms, speech_end_ms=speech_end)
+        self._pause_id += 1
+        self._paused = False
+        return stopped
 
     def _check_idle(self) -> IdleTimeout | None:
         timeout = self.config.idle_timeout_ms
@@ -330,6 +344,10 @@ class InputAudioBuffer:
         excess = len(self._pcm) - ms * INPUT_RATE * 2 // 1000
         if excess > 0:
             self._drop(excess)
+
+    def peek(self) -> bytes:
+        """Everything buffered, left in place."""
+        return bytes(self._pcm)
 
     def take(self) -> bytes:
         """Everything buffered; the buffer is left empty and starts where this ended."""
