@@ -48,7 +48,9 @@ NAME = "voice_latency"
 # as it does in a real deployment).
 QUESTIONS = ["What is the capital of France?", "How many days are there in a week?",
              "What color is the sky on a clear day?", "Which time zone is London in?",
-             "What is two plus two?", "Which planet is closest to the sun?"]
+             "What is two plus two?", "Which planet is closest to the sun?",
+             "How far away is the moon?", "Who wrote the play Hamlet?",
+             "What is the weather like today?", "Can you book a table for two tonight?"]
 INSTRUCTIONS = "You are a helpful phone assistant. Answer in one short sentence."
 TURN_DETECTION = {"type": "server_vad", "silence_duration_ms": 500}
 VOICED_RMS = 300.0   # about -40 dBFS: above line noise, below any speech
@@ -289,8 +291,8 @@ def _engine_summary(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def stt_scaling(frames: list[bytes]) -> dict[str, Any]:
     """faster-whisper (tiny, as the local engine runs it) on 1x, 4x and 12x the question:
-    nearly flat times mean the fixed 30 s window, not the speech, sets the cost (DESIGN.md:
-    "Whisper pads every clip to a 30 s window")."""
+    the window is fitted to each clip (engines/stt.py), so times grow with the speech;
+    nearly flat times would mean Whisper's fixed 30 s window set the cost again."""
     import threading
 
     from callgate.engines.stt import WhisperTranscriber, to_whisper_audio
@@ -323,7 +325,8 @@ def _run(coro: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.arg_parser(NAME, __doc__)
-    parser.add_argument("--trials", type=int, default=None, help="calls per engine (default 5)")
+    parser.add_argument("--trials", type=int, default=None,
+                        help="calls per engine (default 10: each question once)")
     parser.add_argument("--llm-base-url", default=None,
                         help="an OpenAI-compatible server for the local engine's LLM")
     parser.add_argument("--llm-model", default=None, help="model name on --llm-base-url")
@@ -337,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = common.machine_info()
     if common.need("espeak-ng", "espeak-ng") is None:
         return 2
-    trials = args.trials or (1 if args.quick else 5)
+    trials = args.trials or (1 if args.quick else len(QUESTIONS))
     results: dict[str, Any] = {
         "questions": QUESTIONS, "instructions": INSTRUCTIONS, "turn_detection": TURN_DETECTION,
         "voiced_rms_threshold": VOICED_RMS, "pinning": None,
