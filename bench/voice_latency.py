@@ -204,13 +204,18 @@ def stages(log: list[str], sip_call_id: str) -> dict[str, Any]:
         split: dict[str, Any] = {"status": f.get("status"), "raw_ms": t,
                                  "first_audio_out_ms": t.get("first_audio_out"),
                                  "turn_detection_wait_ms": t.get("committed")}
-        chain = [("stt_ms", "committed", "transcript_ready"),
-                 ("llm_first_token_ms", "transcript_ready", "llm_first_token"),
+        points = dict(t)
+        if "committed" in t and "transcript_ready" in t:
+            # Transcription starts at the caller's pause, so the words may be ready before
+            # the turn ends: the STT stage is what is left of it after the commit.
+            points["stt_done"] = max(t["committed"], t["transcript_ready"])
+        chain = [("stt_ms", "committed", "stt_done"),
+                 ("llm_first_token_ms", "stt_done", "llm_first_token"),
                  ("tts_first_audio_ms", "llm_first_token", "tts_first_audio"),
                  ("to_line_ms", "tts_first_audio", "first_audio_out")]
         for name, a, b in chain:
-            if a in t and b in t:
-                split[name] = t[b] - t[a]
+            if a in points and b in points:
+                split[name] = points[b] - points[a]
         return split
     return {}
 
