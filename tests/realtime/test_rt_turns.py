@@ -404,3 +404,30 @@ async def test_words_arrive_while_the_caller_speaks_and_are_ready_when_they_stop
     assert [len(pcm) * 1000 // 48000 for pcm in engine.heard] == [
         pytest.approx(1000 + 64, abs=64), pytest.approx(2000 + 150 + 64, abs=64)]
     await watcher.until("response.done")
+
+
+@pytest.mark.anyio
+async def test_default_profile_answers_a_clearly_finished_turn_before_the_silence() -> None:
+    asked: list[int] = []
+
+    async def sure(pcm: bytes, rate: int) -> float:
+        asked.append(len(pcm))
+        return 0.95
+
+    for chosen in (False, True):
+        asked.clear()
+        audio: dict[str, Any] = {"turn_detection": dict(VAD)} if chosen else {}
+        session = RealtimeSession(config={"audio": {"input": audio}},
+                                  engine=ScriptedEngine(transcripts=["what time is it"]),
+                                  vad=EnergyVad(), end_of_turn=sure)
+        await session.start()
+        watcher = Watcher(session)
+        feed(session, tone(800) + silence(150))
+        if chosen:  # the client's own server_vad: silence only, as configured
+            await asyncio.sleep(0.05)
+            assert "input_audio_buffer.speech_stopped" not in Watcher.types(watcher.pending())
+            feed(session, silence(500))
+        stopped, _ = await watcher.until("input_audio_buffer.speech_stopped")
+        assert (stopped["audio_end_ms"] >= 800 + 500) == chosen, stopped
+        assert bool(asked) != chosen
+        await session.close("test")

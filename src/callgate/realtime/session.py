@@ -97,6 +97,10 @@ class RealtimeSession:
             default_session(self.session_id, str(config.get("model") or "local"), time.time()),
             given, standalone=output is None)
         self.config["model"] = str(config.get("model") or self.config["model"])
+        # The gateway's own turn detection, while the client has not chosen one: see turns.py.
+        chosen = "turn_detection" in (given.get("audio") or {}).get("input", {})
+        self._default_turns = (None if chosen else
+                               copy.deepcopy(self.config["audio"]["input"]["turn_detection"]))
         self.conversation = Conversation()
         self.buffer = InputAudioBuffer()
         self.detector: TurnDetector | None = None
@@ -232,10 +236,13 @@ class RealtimeSession:
         """Set up the caller-audio path from the session: noise reduction, turn detection."""
         self._reconfigure_noise()
         turn_detection = self.config["audio"]["input"].get("turn_detection")
+        default_profile = (turn_detection is not None
+                           and turn_detection == self._default_turns)
         if (self._end_of_turn is None and turn_detection is not None
-                and turn_detection.get("type") == "semantic_vad"):
+                and (default_profile or turn_detection.get("type") == "semantic_vad")):
             self._end_of_turn = default_end_of_turn()
-        config = TurnConfig.from_session(turn_detection, model=self._end_of_turn is not None)
+        config = TurnConfig.from_session(turn_detection, model=self._end_of_turn is not None,
+                                         default_profile=default_profile)
         if config is None or self.engine.duplex:
             self.detector = None
             return

@@ -30,6 +30,11 @@ The detector is sans-IO here too: it returns a :class:`Pause` with the audio to 
 session runs the model off the event loop and hands the probability back through
 :meth:`TurnDetector.verdict`; an answer that speech has overtaken since is ignored.
 
+``server_vad`` keeps ``silence_duration_ms`` as configured, with one exception: in the
+gateway's default profile (a session whose client never set ``turn_detection``), a pause
+after 64 ms that the model judges clearly finished (p >= 0.9) ends the turn there. A client
+that sets ``turn_detection`` itself, even to the same values, gets silence only.
+
 Every mode reports a :class:`Pause` once the caller has been silent for ``pause_ms`` (the
 model's "ask after" above, else 160 ms or half the silence that ends a turn): the session
 starts transcribing there, so that the transcript is ready, or nearly, when the turn ends;
@@ -64,6 +69,8 @@ _EAGERNESS_SILENCE_MS = {"high": 300, "medium": 700, "auto": 700, "low": 1200}
 # eagerness -> (silence before asking the model, probability that ends the turn, longest wait)
 _EAGERNESS_MODEL = {"high": (64, 0.5, 2000), "medium": (64, 0.7, 4000),
                     "auto": (64, 0.7, 4000), "low": (288, 0.85, 8000)}
+# server_vad as the gateway's default profile: a turn the model is this sure of ends at once.
+_CLEARLY_COMPLETE = 0.9
 # The end-of-turn model reads the last 8 s; keep that much of the VAD's input at hand.
 _TURN_CONTEXT_MS = 8000
 
@@ -148,10 +155,11 @@ class TurnConfig:
     complete_at: float | None = None
 
     @classmethod
-    def from_session(cls, turn_detection: dict[str, Any] | None, *, model: bool = False
-                     ) -> TurnConfig | None:
+    def from_session(cls, turn_detection: dict[str, Any] | None, *, model: bool = False,
+                     default_profile: bool = False) -> TurnConfig | None:
         """The detector settings for a session's ``audio.input.turn_detection`` (None: off);
-        ``model``: an end-of-turn model is available to ``semantic_vad``."""
+        ``model``: an end-of-turn model is available; ``default_profile``: the client left
+        turn detection as the gateway set it, so a clearly finished turn may end early."""
         if turn_detection is None:
             return None
         create = turn_detection.get("create_response")
@@ -170,10 +178,12 @@ class TurnConfig:
                        idle_timeout_ms=None, pause_ms=_pause_ms(silence), **common)
         idle = turn_detection.get("idle_timeout_ms")
         silence = int(_or(turn_detection.get("silence_duration_ms"), 500))
+        early = model and default_profile
         return cls(threshold=float(_or(turn_detection.get("threshold"), 0.5)),
                    prefix_padding_ms=int(_or(turn_detection.get("prefix_padding_ms"), 300)),
                    silence_duration_ms=silence, idle_timeout_ms=int(idle) if idle else None,
-                   pause_ms=_pause_ms(silence), **common)
+                   pause_ms=_EAGERNESS_MODEL["high"][0] if early else _pause_ms(silence),
+                   complete_at=_CLEARLY_COMPLETE if early else None, **common)
 
 
 def _pause_ms(silence_ms: int) -> int:
