@@ -135,3 +135,17 @@ class NoiseSuppressor:
 
     def __del__(self) -> None:
         self.close()
+
+
+def reconfigured(current: NoiseSuppressor | None, reduction: Any) -> NoiseSuppressor | None:
+    """The suppressor for a session's ``audio.input.noise_reduction`` (null: none), keeping
+    ``current`` (and its filter state) when there is one; raises if RNNoise cannot load."""
+    mode = reduction.get("type") if isinstance(reduction, dict) else None
+    if mode is None:
+        if current is not None:
+            current.close()
+        return None
+    if current is not None:
+        current.mode = mode
+        return current
+    return NoiseSuppressor(mode)

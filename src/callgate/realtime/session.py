@@ -15,10 +15,10 @@ import copy
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from callgate.engines import denoise
 from callgate.engines.base import (
     Engine,
     EngineError,
@@ -28,7 +28,6 @@ from callgate.engines.base import (
     TranscriptDelta,
     TranscriptDone,
 )
-from callgate.engines.denoise import NoiseSuppressor
 from callgate.engines.vad import VoiceActivity
 from callgate.log import event
 from callgate.realtime import client_events
@@ -45,7 +44,7 @@ from callgate.realtime.responses import (
 )
 from callgate.realtime.session_config import apply_update, default_session, to_engine_config
 from callgate.realtime.subscribers import Subscription
-from callgate.realtime.transcription import ItemTranscript, Transcript
+from callgate.realtime.transcription import EarlyTranscription, ItemTranscript, Transcript
 from callgate.realtime.turns import (
     EndOfTurnModel,
     IdleTimeout,
@@ -60,16 +59,6 @@ from callgate.realtime.turns import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class _EarlyRun:
-    """A transcription started at a pause of the caller, before the turn was known to end."""
-
-    item_id: str
-    pause_id: int
-    transcript: ItemTranscript
-    task: asyncio.Task[Transcript]
 
 
 DTMF_KEYS = frozenset("0123456789*#ABCD")
@@ -92,7 +81,7 @@ class RealtimeSession:
         self._clock = clock
         self._vad = vad
         self._end_of_turn = end_of_turn
-        self._denoiser: NoiseSuppressor | None = None
+        self._denoiser: denoise.NoiseSuppressor | None = None
         self.config = apply_update(
             default_session(self.session_id, str(config.get("model") or "local"), time.time()),
             given, standalone=output is None)
@@ -115,7 +104,7 @@ class RealtimeSession:
         self._next_timeline: Timeline | None = None
         self._active_task: asyncio.Task[None] | None = None
         self._transcriptions: dict[str, asyncio.Task[None]] = {}
-        self._early: _EarlyRun | None = None
+        self._early = EarlyTranscription(engine, self.emit)
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_response_id: str | None = None
         self.reconfigure_turns()
@@ -139,8 +128,8 @@ class RealtimeSession:
         self.closed = True
         if self.active is not None:
             self.active.finish("cancelled")
-        early = self._early.task if self._early is not None else None
-        tasks = [t for t in (*self._tasks, self._active_task, early) if t]
+        self._early.discard()
+        tasks = [t for t in (*self._tasks, self._active_task) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -267,36 +256,22 @@ class RealtimeSession:
             self.interrupt("turn_detected")
 
     def _reconfigure_noise(self) -> None:
-        reduction = self.config["audio"]["input"].get("noise_reduction")
-        mode = reduction.get("type") if isinstance(reduction, dict) else None
-        if mode is None or self.engine.duplex:  # an upstream model does its own
-            if self._denoiser is not None:
-                self._denoiser.close()
-            self._denoiser = None
-        elif self._denoiser is not None:
-            self._denoiser.mode = mode
-        else:
-            try:
-                self._denoiser = NoiseSuppressor(mode)
-            except Exception as exc:
-                event(logger, "noise_reduction_unavailable", logging.WARNING, **self.log_fields,
-                      error=str(exc))
+        # Duplex engines get the raw audio: an upstream model applies its own noise_reduction.
+        reduction = None if self.engine.duplex else \
+            self.config["audio"]["input"].get("noise_reduction")
+        try:
+            self._denoiser = denoise.reconfigured(self._denoiser, reduction)
+        except Exception as exc:
+            event(logger, "noise_reduction_unavailable", logging.WARNING, **self.log_fields,
+                  error=str(exc))
 
     def _caller_paused(self, detector: TurnDetector, pause: Pause) -> None:
         """Start transcribing what the caller said so far; with semantic_vad, ask the model
         whether that was all."""
         if detector.config.complete_at is not None and self._end_of_turn is not None:
             self.spawn(self._judge_turn(detector, pause))
-        item_id = self._speech_item
-        if item_id is None:
-            return
-        early = self._early
-        if early is not None:
-            early.task.cancel()  # the caller spoke again since: its audio is not the turn
-        transcript = (early.transcript if early is not None and early.item_id == item_id
-                      else ItemTranscript(self.engine, self.emit, item_id))
-        task = asyncio.get_running_loop().create_task(transcript.run(self.buffer.peek()))
-        self._early = _EarlyRun(item_id, pause.pause_id, transcript, task)
+        if self._speech_item is not None:
+            self._early.paused(self._speech_item, pause.pause_id, self.buffer.peek())
 
     async def _judge_turn(self, detector: TurnDetector, check: Pause) -> None:
         """Ask the end-of-turn model; the turn ends if it says so and nobody spoke since."""
@@ -364,20 +339,10 @@ class RealtimeSession:
                    "previous_item_id": previous})
         self.item_added(item, previous)
         self._next_timeline = timeline
-        early, self._early = self._early, None
-        if early is not None and (early.item_id != item_id or early.pause_id != pause_id):
-            early.task.cancel()
-            if early.item_id != item_id:
-                early = None
-        if transcript is not None:
-            if early is not None:
-                early.task.cancel()
-        elif early is not None and early.pause_id == pause_id:
-            self._transcribe(early.transcript, early.task, timeline)
+        if transcript is None:
+            self._transcribe(*self._early.committed(item_id, pause_id, pcm), timeline)
         else:
-            transcript_of = (early.transcript if early is not None
-                             else ItemTranscript(self.engine, self.emit, item_id))
-            self._transcribe(transcript_of, transcript_of.run(pcm), timeline)
+            self._early.discard()
 
     def item_added(self, item: dict[str, Any], previous: str | None) -> None:
         self.emit({"type": "conversation.item.added", "previous_item_id": previous,
@@ -386,11 +351,10 @@ class RealtimeSession:
                    "item": copy.deepcopy(item)})
 
     def transcribe(self, item_id: str, pcm: bytes, timeline: Timeline | None = None) -> None:
-        transcript = ItemTranscript(self.engine, self.emit, item_id)
+        transcript = self._early.item(item_id)
         self._transcribe(transcript, transcript.run(pcm), timeline)
 
-    def _transcribe(self, transcript: ItemTranscript,
-                    run: Coroutine[Any, Any, Transcript] | asyncio.Task[Transcript],
+    def _transcribe(self, transcript: ItemTranscript, run: Awaitable[Transcript],
                     timeline: Timeline | None) -> None:
         async def finish() -> None:
             transcript.finish(self.conversation, await run, timeline)

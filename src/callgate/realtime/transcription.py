@@ -4,18 +4,19 @@ Cascade engines need the text (the language model reads the conversation as text
 committed audio item is transcribed, whether or not the client configured
 ``audio.input.transcription``; the events tell the client what was understood.
 
-A turn may be transcribed more than once: the session starts a run at each pause of the
-caller (see realtime/turns.py), while the turn may still go on, so that the words are ready
-when it ends. Every run of one item goes through its :class:`ItemTranscript`, which emits
-``conversation.item.input_audio_transcription.delta`` only for text that extends what it has
-already sent, so the deltas of an item always add up to a prefix of its transcript, and the
-``completed`` event carries the whole of it.
+A turn may be transcribed more than once: :class:`EarlyTranscription` starts a run at each
+pause of the caller (see realtime/turns.py), while the turn may still go on, so that the
+words are ready when it ends. Every run of one item goes through its :class:`ItemTranscript`,
+which emits ``conversation.item.input_audio_transcription.delta`` only for text that extends
+what it has already sent, so the deltas of an item always add up to a prefix of its
+transcript, and the ``completed`` event carries the whole of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +95,48 @@ class ItemTranscript:
                    "usage": {"type": "duration", "seconds": round(result.seconds, 3)}})
 
 
-async def transcribe(engine: Engine, conversation: Conversation, emit: Emit, item_id: str,
-                     pcm: bytes, timeline: Timeline | None) -> None:
-    """Transcribe a committed item in one run; the transcript lands in the item."""
-    transcript = ItemTranscript(engine, emit, item_id)
-    transcript.finish(conversation, await transcript.run(pcm), timeline)
+@dataclass(frozen=True, slots=True)
+class _EarlyRun:
+    item_id: str
+    pause_id: int
+    transcript: ItemTranscript
+    task: asyncio.Task[Transcript]
+
+
+class EarlyTranscription:
+    """The run started at the caller's latest pause, kept until the turn is committed."""
+
+    def __init__(self, engine: Engine, emit: Emit) -> None:
+        self.engine, self.emit = engine, emit
+        self._run: _EarlyRun | None = None
+
+    def paused(self, item_id: str, pause_id: int, pcm: bytes) -> None:
+        """The caller paused in item ``item_id``: transcribe ``pcm``, all they said so far."""
+        previous = self.discard()  # the caller spoke again since: its audio is not the turn
+        transcript = (previous.transcript if previous is not None
+                      and previous.item_id == item_id else self.item(item_id))
+        task = asyncio.get_running_loop().create_task(transcript.run(pcm))
+        self._run = _EarlyRun(item_id, pause_id, transcript, task)
+
+    def committed(self, item_id: str, pause_id: int | None, pcm: bytes
+                  ) -> tuple[ItemTranscript, Awaitable[Transcript]]:
+        """The run that gives committed item ``item_id`` (audio ``pcm``) its words: the
+        early one if the turn ended in its pause (nothing was said after it), else a new one."""
+        run, self._run = self._run, None
+        if run is not None and run.item_id == item_id and run.pause_id == pause_id:
+            return run.transcript, run.task
+        if run is not None:
+            run.task.cancel()
+        transcript = (run.transcript if run is not None and run.item_id == item_id
+                      else self.item(item_id))
+        return transcript, transcript.run(pcm)
+
+    def item(self, item_id: str) -> ItemTranscript:
+        return ItemTranscript(self.engine, self.emit, item_id)
+
+    def discard(self) -> _EarlyRun | None:
+        """Stop the early run, if any (also: the session ends); returns it."""
+        run, self._run = self._run, None
+        if run is not None:
+            run.task.cancel()
+        return run
