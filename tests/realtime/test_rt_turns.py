@@ -269,7 +269,7 @@ async def test_semantic_vad_session_ends_the_turn_when_the_model_says_so() -> No
 
     async def model(pcm: bytes, rate: int) -> float:
         asked.append(len(pcm) * 1000 // (2 * rate))
-        return 0.1 if len(asked) == 1 else 0.9
+        return 0.1 if asked[-1] < 1000 else 0.9  # unfinished after the first 500 ms
 
     session, watcher, _ = await vad_session({"type": "semantic_vad", "eagerness": "high"},
                                             end_of_turn=model)
@@ -282,7 +282,8 @@ async def test_semantic_vad_session_ends_the_turn_when_the_model_says_so() -> No
     stopped, events = await watcher.until("input_audio_buffer.speech_stopped")
     assert Watcher.types(events).count("input_audio_buffer.speech_started") == 0
     assert stopped["audio_end_ms"] == 500 + 300 + 500 + 150  # no more silence was needed
-    assert len(asked) == 2 and asked[1] > asked[0]
+    # Loaded (a 100 ms warm-up) when the session started, then asked at each pause.
+    assert len(asked) == 3 and asked[0] == 100 and asked[1] < asked[2]
     await watcher.until("response.done")
 
 
@@ -411,7 +412,7 @@ async def test_default_profile_answers_a_clearly_finished_turn_before_the_silenc
     asked: list[int] = []
 
     async def sure(pcm: bytes, rate: int) -> float:
-        asked.append(len(pcm))
+        asked.append(len(pcm) * 1000 // (2 * rate))
         return 0.95
 
     for chosen in (False, True):
@@ -429,5 +430,6 @@ async def test_default_profile_answers_a_clearly_finished_turn_before_the_silenc
             feed(session, silence(500))
         stopped, _ = await watcher.until("input_audio_buffer.speech_stopped")
         assert (stopped["audio_end_ms"] >= 800 + 500) == chosen, stopped
-        assert bool(asked) != chosen
+        assert asked[0] == 100  # the warm-up at the start of the session
+        assert (len(asked) > 1) != chosen
         await session.close("test")

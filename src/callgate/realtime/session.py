@@ -118,6 +118,9 @@ class RealtimeSession:
         await self.engine.start(to_engine_config(self.config))
         if self.engine.duplex:
             self.spawn(self._pump_duplex())
+        elif self._end_of_turn is not None:
+            # Load the end-of-turn model now, not at the caller's first pause.
+            self.spawn(self._warm_end_of_turn(self._end_of_turn))
         event(logger, "realtime_session_started", **self.log_fields, model=self.config["model"],
               duplex=self.engine.duplex)
 
@@ -272,6 +275,13 @@ class RealtimeSession:
             self.spawn(self._judge_turn(detector, pause))
         if self._speech_item is not None:
             self._early.paused(self._speech_item, pause.pause_id, self.buffer.peek())
+
+    async def _warm_end_of_turn(self, model: EndOfTurnModel) -> None:
+        try:
+            await model(bytes(2 * 1600), 16000)  # 100 ms of silence at the model's rate
+        except Exception as exc:
+            event(logger, "end_of_turn_failed", logging.WARNING, **self.log_fields,
+                  error=str(exc))
 
     async def _judge_turn(self, detector: TurnDetector, check: Pause) -> None:
         """Ask the end-of-turn model; the turn ends if it says so and nobody spoke since."""
