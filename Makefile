@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml Makefile
 	 fi
 	$(BIN)/pip install --quiet --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install --quiet -e '.[local,llama,test]'
+	# The Smart Turn end-of-turn weights (BSD-2-Clause) ship only inside the pipecat-ai wheel.
+	# Only that file is read (engines/turn_model.py), and pipecat's own dependencies pin soxr
+	# below what media/resample.py needs, so the wheel is installed without them.
+	$(BIN)/pip install --quiet --no-deps 'pipecat-ai==1.14.0'
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -48,7 +48,9 @@ NAME = "voice_latency"
 # as it does in a real deployment).
 QUESTIONS = ["What is the capital of France?", "How many days are there in a week?",
              "What color is the sky on a clear day?", "Which time zone is London in?",
-             "What is two plus two?", "Which planet is closest to the sun?"]
+             "What is two plus two?", "Which planet is closest to the sun?",
+             "How far away is the moon?", "Who wrote the play Hamlet?",
+             "What is the weather like today?", "Can you book a table for two tonight?"]
 INSTRUCTIONS = "You are a helpful phone assistant. Answer in one short sentence."
 TURN_DETECTION = {"type": "server_vad", "silence_duration_ms": 500}
 VOICED_RMS = 300.0   # about -40 dBFS: above line noise, below any speech
@@ -202,13 +204,18 @@ def stages(log: list[str], sip_call_id: str) -> dict[str, Any]:
         split: dict[str, Any] = {"status": f.get("status"), "raw_ms": t,
                                  "first_audio_out_ms": t.get("first_audio_out"),
                                  "turn_detection_wait_ms": t.get("committed")}
-        chain = [("stt_ms", "committed", "transcript_ready"),
-                 ("llm_first_token_ms", "transcript_ready", "llm_first_token"),
+        points = dict(t)
+        if "committed" in t and "transcript_ready" in t:
+            # Transcription starts at the caller's pause, so the words may be ready before
+            # the turn ends: the STT stage is what is left of it after the commit.
+            points["stt_done"] = max(t["committed"], t["transcript_ready"])
+        chain = [("stt_ms", "committed", "stt_done"),
+                 ("llm_first_token_ms", "stt_done", "llm_first_token"),
                  ("tts_first_audio_ms", "llm_first_token", "tts_first_audio"),
                  ("to_line_ms", "tts_first_audio", "first_audio_out")]
         for name, a, b in chain:
-            if a in t and b in t:
-                split[name] = t[b] - t[a]
+            if a in points and b in points:
+                split[name] = points[b] - points[a]
         return split
     return {}
 
@@ -289,22 +296,26 @@ def _engine_summary(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def stt_scaling(frames: list[bytes]) -> dict[str, Any]:
     """faster-whisper (tiny, as the local engine runs it) on 1x, 4x and 12x the question:
-    nearly flat times mean the fixed 30 s window, not the speech, sets the cost (DESIGN.md:
-    "Whisper pads every clip to a 30 s window")."""
+    the window is fitted to each clip (engines/stt.py), so times grow with the speech;
+    nearly flat times would mean Whisper's fixed 30 s window set the cost again."""
     import threading
 
-    from callgate.engines.stt import WhisperTranscriber, to_whisper_audio
+    from callgate.engines.stt import FAST_OPTIONS, transcribe_job
 
     pcm = ULAW_DECODE[np.frombuffer(b"".join(frames), np.uint8)].astype("<i2").tobytes()
-    stt = WhisperTranscriber()
-    audio1 = to_whisper_audio(pcm, 8000)
-    list(stt.segments(audio1[:8000], threading.Event()))  # load and warm up
+
+    def transcribe(clip: bytes) -> None:
+        # The stt worker's own job, run here: this times Whisper, not the worker's pipe.
+        list(transcribe_job({"model": "tiny", "threads": 2, "language": "en",
+                             "options": FAST_OPTIONS, "pcm": clip, "sample_rate": 8000},
+                            threading.Event()))
+
+    transcribe(pcm[:16000])  # load and warm up
     out: dict[str, Any] = {}
     for repeat in (1, 4, 12):
-        audio = np.tile(audio1, repeat)
-        best = min(_timed(lambda a=audio: list(stt.segments(a, threading.Event())))
-                   for _ in range(3))
-        out[f"{len(audio) / 16000:.1f}s_clip_ms"] = round(best * 1000)
+        clip = pcm * repeat
+        best = min(_timed(lambda c=clip: transcribe(c)) for _ in range(3))
+        out[f"{len(clip) / 16000:.1f}s_clip_ms"] = round(best * 1000)
     return out
 
 
@@ -323,7 +334,8 @@ def _run(coro: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.arg_parser(NAME, __doc__)
-    parser.add_argument("--trials", type=int, default=None, help="calls per engine (default 5)")
+    parser.add_argument("--trials", type=int, default=None,
+                        help="calls per engine (default 10: each question once)")
     parser.add_argument("--llm-base-url", default=None,
                         help="an OpenAI-compatible server for the local engine's LLM")
     parser.add_argument("--llm-model", default=None, help="model name on --llm-base-url")
@@ -337,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = common.machine_info()
     if common.need("espeak-ng", "espeak-ng") is None:
         return 2
-    trials = args.trials or (1 if args.quick else 5)
+    trials = args.trials or (1 if args.quick else len(QUESTIONS))
     results: dict[str, Any] = {
         "questions": QUESTIONS, "instructions": INSTRUCTIONS, "turn_detection": TURN_DETECTION,
         "voiced_rms_threshold": VOICED_RMS, "pinning": None,

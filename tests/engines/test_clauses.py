@@ -13,13 +13,22 @@ def _split(deltas: list[str]) -> list[str]:
     return pieces + ([rest] if rest is not None else [])
 
 
-def test_first_clause_is_released_before_the_sentence_ends() -> None:
+def test_first_piece_ends_at_the_first_mark() -> None:
     splitter = ClauseSplitter()
     out: list[str] = []
     for token in ["Sure", ",", " the", " weather", " today", " is", " sunny", ",", " with",
                   " a", " high"]:
         out += splitter.feed(token)
-    assert out == ["Sure, the weather today is sunny, "]
+    assert out == ["Sure, "]  # the next clause is short: it waits for more
+
+
+def test_first_piece_ends_after_four_words_without_a_mark() -> None:
+    splitter = ClauseSplitter()
+    out: list[str] = []
+    for token in ["The", " capital", " of", " France", " is", " Paris", "."]:
+        out += splitter.feed(token)
+    assert out == ["The capital of France "]
+    assert splitter.feed(" It") == ["is Paris. "]
 
 
 def test_sentences_are_cut_as_soon_as_they_end() -> None:
@@ -33,13 +42,14 @@ def test_sentences_are_cut_as_soon_as_they_end() -> None:
 
 def test_abbreviations_initials_and_numbers_do_not_end_sentences() -> None:
     text = "Dr. Smith paid 3.50 dollars to J. R. Tolkien on Main St. today. Next"
-    assert _split([text]) == ["Dr. Smith paid 3.50 dollars to J. R. Tolkien on Main St. today. ",
-                              "Next"]
+    # (After a first piece: that one also ends after four words.)
+    assert _split(["Okay. " + text]) == [
+        "Okay. ", "Dr. Smith paid 3.50 dollars to J. R. Tolkien on Main St. today. ", "Next"]
 
 
 def test_later_clauses_wait_for_enough_text() -> None:
     splitter = ClauseSplitter()
-    assert splitter.feed("Okay, sure. Yes, no, maybe, ") == ["Okay, sure. "]
+    assert splitter.feed("Okay, sure. Yes, no, maybe, ") == ["Okay, ", "sure. "]
     assert splitter.feed("fine, and then some more words here, ") == [
         "Yes, no, maybe, fine, and then some more words here, "]
 

@@ -13,6 +13,7 @@ from callgate.realtime.session import RealtimeSession
 from callgate.realtime.turns import (
     IdleTimeout,
     InputAudioBuffer,
+    Pause,
     SpeechStarted,
     SpeechStopped,
     TurnConfig,
@@ -37,8 +38,10 @@ def test_server_vad_start_and_stop_positions() -> None:
     assert config is not None
     detector = TurnDetector(config, EnergyVad())
     events = feed_all(detector, silence(1000) + tone(800) + silence(1000))
-    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped]
-    start, stop = events
+    assert [type(e) for e in events] == [SpeechStarted, Pause, SpeechStopped]
+    start, pause, stop = events
+    # The pause is reported 160 ms into the silence, and the stop says it ended that pause.
+    assert stop.pause_id == pause.pause_id
     # Speech begins at 1000 ms; the first VAD frame (32 ms) holding it reports it, minus the
     # 300 ms prefix padding.
     assert 1000 - 300 - 32 <= start.audio_start_ms <= 1000 - 300 + 32
@@ -53,7 +56,10 @@ def test_short_pauses_do_not_end_the_turn() -> None:
     assert config is not None
     detector = TurnDetector(config, EnergyVad())
     pcm = tone(400) + silence(300) + tone(400) + silence(600)
-    assert [type(e) for e in feed_all(detector, pcm)] == [SpeechStarted, SpeechStopped]
+    events = feed_all(detector, pcm)
+    assert [type(e) for e in events] == [SpeechStarted, Pause, Pause, SpeechStopped]
+    first, second, stop = events[1:]
+    assert first.pause_id != second.pause_id == stop.pause_id
 
 
 def test_threshold_decides() -> None:
@@ -71,10 +77,54 @@ def test_semantic_vad_eagerness_sets_the_silence() -> None:
         assert config is not None and config.silence_duration_ms == silence_ms
         detector = TurnDetector(config, EnergyVad())
         events = feed_all(detector, tone(500) + silence(silence_ms - 100))
-        assert [type(e) for e in events] == [SpeechStarted]
+        assert [type(e) for e in events] == [SpeechStarted, Pause]
         events = feed_all(detector, silence(200))
         assert [type(e) for e in events] == [SpeechStopped]
     assert TurnConfig.from_session(None) is None
+
+
+def semantic(eagerness: str = "auto") -> TurnDetector:
+    config = TurnConfig.from_session({"type": "semantic_vad", "eagerness": eagerness},
+                                     model=True)
+    assert config is not None
+    return TurnDetector(config, EnergyVad())
+
+
+def test_semantic_vad_asks_the_model_after_a_short_silence() -> None:
+    detector = semantic()
+    events = feed_all(detector, silence(300) + tone(1000) + silence(200))
+    assert [type(e) for e in events] == [SpeechStarted, Pause]
+    check = events[1]
+    # The model hears what the VAD heard, at its rate: the speech and the silence after it.
+    assert check.sample_rate == 16000
+    assert 1000 + 64 <= len(check.pcm) * 1000 // (2 * 16000) <= 1500
+    assert detector.verdict(check.pause_id, 0.2) is None  # not finished: keep listening
+    assert detector.speaking
+    stopped = detector.verdict(check.pause_id, 0.9)
+    assert isinstance(stopped, SpeechStopped) and not detector.speaking
+    assert 1300 <= stopped.speech_end_ms <= 1300 + 64
+    assert stopped.audio_end_ms == detector.position_ms
+    assert detector.verdict(check.pause_id, 0.9) is None  # answered once
+
+
+def test_semantic_vad_ignores_an_answer_that_speech_overtook() -> None:
+    detector = semantic("high")
+    check = feed_all(detector, tone(600) + silence(150))[-1]
+    assert isinstance(check, Pause)
+    feed_all(detector, tone(300))
+    assert detector.verdict(check.pause_id, 1.0) is None
+    # The next silence is judged afresh.
+    again = feed_all(detector, silence(150))[-1]
+    assert isinstance(again, Pause) and again.pause_id != check.pause_id
+    assert isinstance(detector.verdict(again.pause_id, 0.55), SpeechStopped)  # high: 0.5
+
+
+def test_semantic_vad_longest_wait_ends_an_unfinished_turn() -> None:
+    for eagerness, longest in (("high", 2000), ("medium", 4000), ("low", 8000)):
+        detector = semantic(eagerness)
+        events = feed_all(detector, tone(500) + silence(longest - 100))
+        assert [type(e) for e in events] == [SpeechStarted, Pause]
+        assert [type(e) for e in feed_all(detector, silence(200))] == [SpeechStopped]
 
 
 def test_idle_timeout_fires_once_after_arming() -> None:
@@ -87,7 +137,7 @@ def test_idle_timeout_fires_once_after_arming() -> None:
     assert events == [IdleTimeout(audio_start_ms=2000, audio_end_ms=3000)]
     detector.arm_idle()
     events = feed_all(detector, silence(500) + tone(600) + silence(1000))
-    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped]  # speech disarms
+    assert [type(e) for e in events] == [SpeechStarted, Pause, SpeechStopped]  # speech disarms
 
 
 def test_input_buffer_positions() -> None:
@@ -136,9 +186,11 @@ async def test_speech_turn_commits_transcribes_and_answers() -> None:
     assert "conversation.item.input_audio_transcription.delta" in Watcher.types(events)
     done, _ = await watcher.until("response.done")
     assert done["response"]["status"] == "completed"
-    # The engine heard the speech plus prefix padding and the silence that ended it.
+    # Transcription started 160 ms into the silence, on the speech plus prefix padding, and
+    # as the caller said nothing more, that run gave the turn its words: one run in all.
+    assert len(engine.heard) == 1
     heard_ms = len(engine.heard[0]) * 1000 // 48000
-    assert 1000 + 500 <= heard_ms <= 1000 + 300 + 700
+    assert 1000 + 160 <= heard_ms <= 1000 + 300 + 160 + 64
     user = engine.requests[0].conversation[0]
     assert user["content"][0]["transcript"] == "what time is it"
     timeline = session.timelines[-1]
@@ -212,11 +264,39 @@ async def test_manual_turns_when_detection_is_off() -> None:
 
 
 @pytest.mark.anyio
-async def test_semantic_vad_session() -> None:
-    session, watcher, _ = await vad_session({"type": "semantic_vad", "eagerness": "high"})
-    feed(session, tone(500) + silence(400))
-    await watcher.until("input_audio_buffer.speech_stopped")
+async def test_semantic_vad_session_ends_the_turn_when_the_model_says_so() -> None:
+    asked: list[int] = []
+
+    async def model(pcm: bytes, rate: int) -> float:
+        asked.append(len(pcm) * 1000 // (2 * rate))
+        return 0.1 if asked[-1] < 1000 else 0.9  # unfinished after the first 500 ms
+
+    session, watcher, _ = await vad_session({"type": "semantic_vad", "eagerness": "high"},
+                                            end_of_turn=model)
+    # A first pause the model calls unfinished, then the rest and a pause it calls finished:
+    # one turn, ended long before the 2 s longest wait.
+    feed(session, tone(500) + silence(300))
+    await asyncio.sleep(0.05)
+    assert "input_audio_buffer.speech_stopped" not in Watcher.types(watcher.pending())
+    feed(session, tone(500) + silence(150))
+    stopped, events = await watcher.until("input_audio_buffer.speech_stopped")
+    assert Watcher.types(events).count("input_audio_buffer.speech_started") == 0
+    assert stopped["audio_end_ms"] == 500 + 300 + 500 + 150  # no more silence was needed
+    # Loaded (a 100 ms warm-up) when the session started, then asked at each pause.
+    assert len(asked) == 3 and asked[0] == 100 and asked[1] < asked[2]
     await watcher.until("response.done")
+
+
+@pytest.mark.anyio
+async def test_semantic_vad_without_a_model_falls_back_to_silence() -> None:
+    async def broken(pcm: bytes, rate: int) -> float:
+        raise RuntimeError("no model")
+
+    session, watcher, _ = await vad_session({"type": "semantic_vad", "eagerness": "high"},
+                                            end_of_turn=broken)
+    feed(session, tone(500) + silence(2100))
+    stopped, _ = await watcher.until("input_audio_buffer.speech_stopped")
+    assert stopped["audio_end_ms"] >= 500 + 2000
 
 
 @pytest.mark.anyio
@@ -279,3 +359,77 @@ async def test_idle_timeout_counts_from_the_end_of_playback_on_a_call() -> None:
     assert timeout["audio_end_ms"] - timeout["audio_start_ms"] == 400
     done, _ = await watcher.until("response.done")
     assert done["response"]["output"][0]["content"][0]["transcript"] == "Still there?"
+
+
+@pytest.mark.anyio
+async def test_noise_reduction_null_leaves_caller_audio_bit_for_bit() -> None:
+    pcm = tone(400) + bytes(range(256)) * 30 + silence(100)
+    pcm = pcm[: len(pcm) // 960 * 960]
+    heard = {}
+    for reduction in (None, {"type": "near_field"}, {"type": "far_field"}):
+        session = RealtimeSession(
+            config={"audio": {"input": {"turn_detection": None,
+                                        "noise_reduction": reduction}}},
+            engine=ScriptedEngine(), vad=EnergyVad())
+        feed(session, pcm)
+        heard[None if reduction is None else reduction["type"]] = session.buffer.take()
+        await session.close("test")
+    assert heard[None] == pcm
+    for mode in ("near_field", "far_field"):
+        assert len(heard[mode]) == len(pcm) and heard[mode] != pcm
+
+
+@pytest.mark.anyio
+async def test_words_arrive_while_the_caller_speaks_and_are_ready_when_they_stop() -> None:
+    async def model(pcm: bytes, rate: int) -> float:
+        return 0.1 if len(pcm) < 2 * (2 * rate) else 0.9  # finished once 2 s were said
+
+    engine = ScriptedEngine(transcripts=["I would like", "I would like a table"])
+    session, watcher, _ = await vad_session({"type": "semantic_vad", "eagerness": "high"},
+                                            engine=engine, end_of_turn=model)
+    feed(session, tone(1000) + silence(150))
+    delta, before = await watcher.until("conversation.item.input_audio_transcription.delta")
+    assert "input_audio_buffer.speech_stopped" not in Watcher.types(before)
+    assert "input_audio_buffer.committed" not in Watcher.types(before)
+    item_id = delta["item_id"]
+    feed(session, tone(1000) + silence(150))
+    stopped, _ = await watcher.until("input_audio_buffer.speech_stopped")
+    completed, _ = await watcher.until(
+        "conversation.item.input_audio_transcription.completed")
+    deltas = [e["delta"] for e in watcher.seen
+              if e["type"] == "conversation.item.input_audio_transcription.delta"]
+    # Each run extended what the client had already been sent; no words were sent twice.
+    assert "".join(deltas).strip() == completed["transcript"] == "I would like a table"
+    assert stopped["item_id"] == completed["item_id"] == item_id
+    # Two runs, one per pause; the second heard the whole turn and gave it its words.
+    assert [len(pcm) * 1000 // 48000 for pcm in engine.heard] == [
+        pytest.approx(1000 + 64, abs=64), pytest.approx(2000 + 150 + 64, abs=64)]
+    await watcher.until("response.done")
+
+
+@pytest.mark.anyio
+async def test_default_profile_answers_a_clearly_finished_turn_before_the_silence() -> None:
+    asked: list[int] = []
+
+    async def sure(pcm: bytes, rate: int) -> float:
+        asked.append(len(pcm) * 1000 // (2 * rate))
+        return 0.95
+
+    for chosen in (False, True):
+        asked.clear()
+        audio: dict[str, Any] = {"turn_detection": dict(VAD)} if chosen else {}
+        session = RealtimeSession(config={"audio": {"input": audio}},
+                                  engine=ScriptedEngine(transcripts=["what time is it"]),
+                                  vad=EnergyVad(), end_of_turn=sure)
+        await session.start()
+        watcher = Watcher(session)
+        feed(session, tone(800) + silence(150))
+        if chosen:  # the client's own server_vad: silence only, as configured
+            await asyncio.sleep(0.05)
+            assert "input_audio_buffer.speech_stopped" not in Watcher.types(watcher.pending())
+            feed(session, silence(500))
+        stopped, _ = await watcher.until("input_audio_buffer.speech_stopped")
+        assert (stopped["audio_end_ms"] >= 800 + 500) == chosen, stopped
+        assert asked[0] == 100  # the warm-up at the start of the session
+        assert (len(asked) > 1) != chosen
+        await session.close("test")

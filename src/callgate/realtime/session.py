@@ -15,9 +15,10 @@ import copy
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from callgate.engines import denoise
 from callgate.engines.base import (
     Engine,
     EngineError,
@@ -43,18 +44,22 @@ from callgate.realtime.responses import (
 )
 from callgate.realtime.session_config import apply_update, default_session, to_engine_config
 from callgate.realtime.subscribers import Subscription
-from callgate.realtime.transcription import transcribe
+from callgate.realtime.transcription import EarlyTranscription, ItemTranscript, Transcript
 from callgate.realtime.turns import (
+    EndOfTurnModel,
     IdleTimeout,
     InputAudioBuffer,
+    Pause,
     SpeechStarted,
     SpeechStopped,
     TurnConfig,
     TurnDetector,
+    default_end_of_turn,
     default_vad,
 )
 
 logger = logging.getLogger(__name__)
+
 
 DTMF_KEYS = frozenset("0123456789*#ABCD")
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms of audio
@@ -63,6 +68,7 @@ MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms of audio
 class RealtimeSession:
     def __init__(self, *, config: dict[str, Any], engine: Engine, call_id: str | None = None,
                  output: AudioOutput | None = None, vad: VoiceActivity | None = None,
+                 end_of_turn: EndOfTurnModel | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``config``: a GA session object (the ``/accept`` body); raises ProtocolError."""
         given = validate_session({"type": "realtime", **config})
@@ -74,10 +80,16 @@ class RealtimeSession:
         self.timelines: deque[dict[str, Any]] = deque(maxlen=64)
         self._clock = clock
         self._vad = vad
+        self._end_of_turn = end_of_turn
+        self._denoiser: denoise.NoiseSuppressor | None = None
         self.config = apply_update(
             default_session(self.session_id, str(config.get("model") or "local"), time.time()),
             given, standalone=output is None)
         self.config["model"] = str(config.get("model") or self.config["model"])
+        # The gateway's own turn detection, while the client has not chosen one: see turns.py.
+        chosen = "turn_detection" in (given.get("audio") or {}).get("input", {})
+        self._default_turns = (None if chosen else
+                               copy.deepcopy(self.config["audio"]["input"]["turn_detection"]))
         self.conversation = Conversation()
         self.buffer = InputAudioBuffer()
         self.detector: TurnDetector | None = None
@@ -92,6 +104,7 @@ class RealtimeSession:
         self._next_timeline: Timeline | None = None
         self._active_task: asyncio.Task[None] | None = None
         self._transcriptions: dict[str, asyncio.Task[None]] = {}
+        self._early = EarlyTranscription(engine, self.emit)
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_response_id: str | None = None
         self.reconfigure_turns()
@@ -105,6 +118,9 @@ class RealtimeSession:
         await self.engine.start(to_engine_config(self.config))
         if self.engine.duplex:
             self.spawn(self._pump_duplex())
+        elif self._end_of_turn is not None:
+            # Load the end-of-turn model now, not at the caller's first pause.
+            self.spawn(self._warm_end_of_turn(self._end_of_turn))
         event(logger, "realtime_session_started", **self.log_fields, model=self.config["model"],
               duplex=self.engine.duplex)
 
@@ -115,12 +131,15 @@ class RealtimeSession:
         self.closed = True
         if self.active is not None:
             self.active.finish("cancelled")
+        self._early.discard()
         tasks = [t for t in (*self._tasks, self._active_task) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for sub in list(self._subscribers):
             sub.close()
+        if self._denoiser is not None:
+            self._denoiser.close()
         try:
             await self.engine.aclose()
         finally:
@@ -187,6 +206,8 @@ class RealtimeSession:
         if self.engine.duplex:
             self.engine.push_audio(pcm)
             return
+        if self._denoiser is not None:
+            pcm = self._denoiser.process(pcm)
         self.buffer.append(pcm)
         detector = self.detector
         if detector is None:
@@ -198,11 +219,22 @@ class RealtimeSession:
                 self._speech_stopped(turn)
             elif isinstance(turn, IdleTimeout):
                 self._idle_timeout(turn)
+            elif isinstance(turn, Pause):
+                self._caller_paused(detector, turn)
         if not detector.speaking:
             self.buffer.keep_last(detector.config.prefix_padding_ms)
 
     def reconfigure_turns(self) -> None:
-        config = TurnConfig.from_session(self.config["audio"]["input"].get("turn_detection"))
+        """Set up the caller-audio path from the session: noise reduction, turn detection."""
+        self._reconfigure_noise()
+        turn_detection = self.config["audio"]["input"].get("turn_detection")
+        default_profile = (turn_detection is not None
+                           and turn_detection == self._default_turns)
+        if (self._end_of_turn is None and turn_detection is not None
+                and (default_profile or turn_detection.get("type") == "semantic_vad")):
+            self._end_of_turn = default_end_of_turn()
+        config = TurnConfig.from_session(turn_detection, model=self._end_of_turn is not None,
+                                         default_profile=default_profile)
         if config is None or self.engine.duplex:
             self.detector = None
             return
@@ -226,6 +258,48 @@ class RealtimeSession:
         if self.detector.config.interrupt_response:
             self.interrupt("turn_detected")
 
+    def _reconfigure_noise(self) -> None:
+        # Duplex engines get the raw audio: an upstream model applies its own noise_reduction.
+        reduction = None if self.engine.duplex else \
+            self.config["audio"]["input"].get("noise_reduction")
+        try:
+            self._denoiser = denoise.reconfigured(self._denoiser, reduction)
+        except Exception as exc:
+            event(logger, "noise_reduction_unavailable", logging.WARNING, **self.log_fields,
+                  error=str(exc))
+
+    def _caller_paused(self, detector: TurnDetector, pause: Pause) -> None:
+        """Start transcribing what the caller said so far; with semantic_vad, ask the model
+        whether that was all."""
+        if detector.config.complete_at is not None and self._end_of_turn is not None:
+            self.spawn(self._judge_turn(detector, pause))
+        if self._speech_item is not None:
+            self._early.paused(self._speech_item, pause.pause_id, self.buffer.peek())
+
+    async def _warm_end_of_turn(self, model: EndOfTurnModel) -> None:
+        try:
+            await model(bytes(2 * 1600), 16000)  # 100 ms of silence at the model's rate
+        except Exception as exc:
+            event(logger, "end_of_turn_failed", logging.WARNING, **self.log_fields,
+                  error=str(exc))
+
+    async def _judge_turn(self, detector: TurnDetector, check: Pause) -> None:
+        """Ask the end-of-turn model; the turn ends if it says so and nobody spoke since."""
+        assert self._end_of_turn is not None
+        try:
+            probability = await self._end_of_turn(check.pcm, check.sample_rate)
+        except Exception as exc:  # the longest wait still ends the turn
+            event(logger, "end_of_turn_failed", logging.WARNING, **self.log_fields,
+                  error=str(exc))
+            return
+        if self.closed or detector is not self.detector:
+            return
+        stopped = detector.verdict(check.pause_id, probability)
+        event(logger, "end_of_turn_checked", **self.log_fields,
+              probability=round(probability, 3), ended=stopped is not None)
+        if stopped is not None:
+            self._speech_stopped(stopped)
+
     def _speech_stopped(self, turn: SpeechStopped) -> None:
         assert self.detector is not None
         item_id = self._speech_item or new_id("item")
@@ -234,7 +308,7 @@ class RealtimeSession:
         timeline = Timeline(speech_end=now - (turn.audio_end_ms - turn.speech_end_ms) / 1000)
         self.emit({"type": "input_audio_buffer.speech_stopped",
                    "audio_end_ms": turn.audio_end_ms, "item_id": item_id})
-        self.commit(item_id, timeline=timeline)
+        self.commit(item_id, timeline=timeline, pause_id=turn.pause_id)
         if self.detector.config.create_response and self.active is None:
             self.create_response(None, timeline=timeline)
 
@@ -249,8 +323,10 @@ class RealtimeSession:
         self.create_response(None)
 
     def commit(self, item_id: str | None = None, *, event_id: str | None = None,
-               timeline: Timeline | None = None, transcript: str | None = None) -> None:
-        """Make the buffered caller audio a user item (and transcribe it)."""
+               timeline: Timeline | None = None, transcript: str | None = None,
+               pause_id: int | None = None) -> None:
+        """Make the buffered caller audio a user item (and transcribe it); ``pause_id``: the
+        turn ended in that pause, so a transcription started there heard all of it."""
         if item_id is None and self.buffer.duration_ms < MIN_COMMIT_MS:
             raise ProtocolError(
                 f"Error committing input audio buffer: buffer too small. Expected at least "
@@ -274,7 +350,9 @@ class RealtimeSession:
         self.item_added(item, previous)
         self._next_timeline = timeline
         if transcript is None:
-            self.transcribe(item_id, pcm, timeline)
+            self._transcribe(*self._early.committed(item_id, pause_id, pcm), timeline)
+        else:
+            self._early.discard()
 
     def item_added(self, item: dict[str, Any], previous: str | None) -> None:
         self.emit({"type": "conversation.item.added", "previous_item_id": previous,
@@ -283,8 +361,16 @@ class RealtimeSession:
                    "item": copy.deepcopy(item)})
 
     def transcribe(self, item_id: str, pcm: bytes, timeline: Timeline | None = None) -> None:
-        task = self.spawn(transcribe(self.engine, self.conversation, self.emit, item_id, pcm,
-                                     timeline))
+        transcript = self._early.item(item_id)
+        self._transcribe(transcript, transcript.run(pcm), timeline)
+
+    def _transcribe(self, transcript: ItemTranscript, run: Awaitable[Transcript],
+                    timeline: Timeline | None) -> None:
+        async def finish() -> None:
+            transcript.finish(self.conversation, await run, timeline)
+
+        item_id = transcript.item_id
+        task = self.spawn(finish())
         self._transcriptions[item_id] = task
         task.add_done_callback(lambda _: self._transcriptions.pop(item_id, None))
 

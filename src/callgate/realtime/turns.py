@@ -12,9 +12,36 @@ part of the committed audio); it stops once the probability has stayed below
 ``threshold - 0.15`` (hysteresis, as Silero's reference iterator does) for
 ``silence_duration_ms``, and is reported at the end of that silence.
 
-``semantic_vad`` has no end-of-turn language model here; its ``eagerness`` picks how much
-silence ends a turn: ``high`` 300 ms, ``medium``/``auto`` 700 ms, ``low`` 1200 ms, with
-``threshold`` 0.5 and 300 ms of prefix padding.
+``semantic_vad`` asks an end-of-turn model (Smart Turn, engines/turn_model.py) once the
+caller has been silent for a moment: when it says the turn is complete, the turn ends there;
+otherwise the detector keeps listening, and the turn ends anyway after the longest wait.
+``eagerness`` sets both (the longest waits are OpenAI's documented 8/4/2 s):
+
+==========  ==========  ============  ============
+eagerness   ask after   complete at   longest wait
+==========  ==========  ============  ============
+high        64 ms       p >= 0.5      2000 ms
+medium      64 ms       p >= 0.7      4000 ms
+auto        64 ms       p >= 0.7      4000 ms
+low         288 ms      p >= 0.85     8000 ms
+==========  ==========  ============  ============
+
+The detector is sans-IO here too: it returns a :class:`Pause` with the audio to judge, the
+session runs the model off the event loop and hands the probability back through
+:meth:`TurnDetector.verdict`; an answer that speech has overtaken since is ignored.
+
+``server_vad`` keeps ``silence_duration_ms`` as configured, with one exception: in the
+gateway's default profile (a session whose client never set ``turn_detection``), a pause
+after 64 ms that the model judges clearly finished (p >= 0.9) ends the turn there. A client
+that sets ``turn_detection`` itself, even to the same values, gets silence only.
+
+Every mode reports a :class:`Pause` once the caller has been silent for ``pause_ms`` (the
+model's "ask after" above, else 160 ms or half the silence that ends a turn): the session
+starts transcribing there, so that the transcript is ready, or nearly, when the turn ends;
+:class:`SpeechStopped` says which pause it ended, so that the session knows whether the
+caller said anything after it. Without the
+model, ``eagerness`` picks a plain silence instead: ``high`` 300 ms, ``medium``/``auto``
+700 ms, ``low`` 1200 ms. Both modes use ``threshold`` 0.5 and 300 ms of prefix padding.
 
 ``idle_timeout_ms`` counts from :meth:`TurnDetector.arm_idle` (the moment the assistant's
 audio finished playing) and fires once if no speech started in that time.
@@ -23,18 +50,51 @@ audio finished playing) and fires once if no speech started in that time.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import soxr
 
+from callgate.engines.supervisor import workers
 from callgate.engines.vad import VoiceActivity
+from callgate.log import event
 
 logger = logging.getLogger(__name__)
 
 INPUT_RATE = 24000
 _HYSTERESIS = 0.15
 _EAGERNESS_SILENCE_MS = {"high": 300, "medium": 700, "auto": 700, "low": 1200}
+# eagerness -> (silence before asking the model, probability that ends the turn, longest wait)
+_EAGERNESS_MODEL = {"high": (64, 0.5, 2000), "medium": (64, 0.7, 4000),
+                    "auto": (64, 0.7, 4000), "low": (288, 0.85, 8000)}
+# server_vad as the gateway's default profile: a turn the model is this sure of ends at once.
+_CLEARLY_COMPLETE = 0.9
+# The end-of-turn model reads the last 8 s; keep that much of the VAD's input at hand.
+_TURN_CONTEXT_MS = 8000
+
+
+EndOfTurnModel = Callable[[bytes, int], Awaitable[float]]
+
+
+def default_end_of_turn() -> EndOfTurnModel | None:
+    """Smart Turn, run in the ``turn`` worker process; None (semantic_vad falls back to
+    silence) when its weights are not installed."""
+    from callgate.engines import turn_model
+
+    try:
+        turn_model.default_model_path()
+    except Exception as exc:
+        event(logger, "end_of_turn_model_unavailable", logging.WARNING, error=str(exc))
+        return None
+
+    async def probability(pcm: bytes, sample_rate: int) -> float:
+        if sample_rate != turn_model.RATE:
+            raise ValueError(f"the end-of-turn model takes {turn_model.RATE} Hz audio")
+        answer = await workers().stage("turn").call(turn_model.end_of_turn, {"pcm": pcm})
+        return float(answer[0]) if answer else 0.0
+
+    return probability
 
 
 def default_vad() -> VoiceActivity | None:
@@ -57,6 +117,7 @@ class SpeechStarted:
 class SpeechStopped:
     audio_end_ms: int
     speech_end_ms: int  # where the silence began: the caller's real end of speech
+    pause_id: int | None = None  # the Pause reported in that silence, if one was
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +126,18 @@ class IdleTimeout:
     audio_end_ms: int
 
 
-TurnEvent = SpeechStarted | SpeechStopped | IdleTimeout
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """The caller has paused: ``pcm`` is the last seconds of audio at the VAD's rate, ending
+    in the silence so far. With a model (``TurnConfig.complete_at``), hand its answer to
+    :meth:`TurnDetector.verdict` with ``pause_id``."""
+
+    pcm: bytes
+    sample_rate: int
+    pause_id: int
+
+
+TurnEvent = SpeechStarted | SpeechStopped | IdleTimeout | Pause
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +148,17 @@ class TurnConfig:
     idle_timeout_ms: int | None
     create_response: bool
     interrupt_response: bool
+    # How much silence makes a Pause; semantic_vad with a model: the probability that ends
+    # the turn at a pause (silence_duration_ms is then the longest wait). None: silence only.
+    pause_ms: int = 160
+    complete_at: float | None = None
 
     @classmethod
-    def from_session(cls, turn_detection: dict[str, Any] | None) -> TurnConfig | None:
-        """The detector settings for a session's ``audio.input.turn_detection`` (None: off)."""
+    def from_session(cls, turn_detection: dict[str, Any] | None, *, model: bool = False,
+                     default_profile: bool = False) -> TurnConfig | None:
+        """The detector settings for a session's ``audio.input.turn_detection`` (None: off);
+        ``model``: an end-of-turn model is available; ``default_profile``: the client left
+        turn detection as the gateway set it, so a clearly finished turn may end early."""
         if turn_detection is None:
             return None
         create = turn_detection.get("create_response")
@@ -88,14 +167,26 @@ class TurnConfig:
                   "interrupt_response": True if interrupt is None else bool(interrupt)}
         if turn_detection.get("type") == "semantic_vad":
             eagerness = turn_detection.get("eagerness") or "auto"
-            return cls(threshold=0.5, prefix_padding_ms=300,
-                       silence_duration_ms=_EAGERNESS_SILENCE_MS[eagerness],
-                       idle_timeout_ms=None, **common)
+            if model:
+                pause, complete_at, longest = _EAGERNESS_MODEL[eagerness]
+                return cls(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=longest,
+                           idle_timeout_ms=None, pause_ms=pause, complete_at=complete_at,
+                           **common)
+            silence = _EAGERNESS_SILENCE_MS[eagerness]
+            return cls(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=silence,
+                       idle_timeout_ms=None, pause_ms=_pause_ms(silence), **common)
         idle = turn_detection.get("idle_timeout_ms")
+        silence = int(_or(turn_detection.get("silence_duration_ms"), 500))
+        early = model and default_profile
         return cls(threshold=float(_or(turn_detection.get("threshold"), 0.5)),
                    prefix_padding_ms=int(_or(turn_detection.get("prefix_padding_ms"), 300)),
-                   silence_duration_ms=int(_or(turn_detection.get("silence_duration_ms"), 500)),
-                   idle_timeout_ms=int(idle) if idle else None, **common)
+                   silence_duration_ms=silence, idle_timeout_ms=int(idle) if idle else None,
+                   pause_ms=_EAGERNESS_MODEL["high"][0] if early else _pause_ms(silence),
+                   complete_at=_CLEARLY_COMPLETE if early else None, **common)
+
+
+def _pause_ms(silence_ms: int) -> int:
+    return min(160, silence_ms // 2)
 
 
 def _or(value: Any, default: float) -> Any:
@@ -120,6 +211,10 @@ class TurnDetector:
         self.speaking = False
         self._silence_start_ms: int | None = None
         self._idle_from_ms: int | None = None
+        self._context = bytearray()  # the last seconds of VAD input, for the end-of-turn model
+        self._context_bytes = 2 * vad.sample_rate * _TURN_CONTEXT_MS // 1000
+        self._pause_id = 0  # bumped whenever the current pause ends
+        self._paused = False  # this silence was reported as a Pause already
 
     @property
     def position_ms(self) -> int:
@@ -140,7 +235,18 @@ class TurnDetector:
         """Forget a speech segment in progress (``input_audio_buffer.clear``)."""
         self.speaking = False
         self._silence_start_ms = None
+        self._pause_id += 1
+        self._paused = False
         self._vad.reset()
+
+    def verdict(self, pause_id: int, probability: float) -> SpeechStopped | None:
+        """The model's answer to :class:`Pause` ``pause_id``: the turn ends now if the
+        check is still current (the caller is still silent) and ``probability`` is enough."""
+        complete_at = self.config.complete_at
+        if (pause_id != self._pause_id or not self.speaking or self._silence_start_ms is None
+                or complete_at is None or probability < complete_at):
+            return None
+        return self._stop(self.position_ms)
 
     def feed(self, pcm: bytes) -> list[TurnEvent]:
         self._input_samples += len(pcm) // 2
@@ -155,6 +261,9 @@ class TurnDetector:
         while len(self._pending) >= self._frame_bytes:
             frame = bytes(self._pending[:self._frame_bytes])
             del self._pending[:self._frame_bytes]
+            if self.config.complete_at is not None:
+                self._context += frame
+                del self._context[:-self._context_bytes]
             start_ms = self._vad_samples * 1000 // self._vad.sample_rate
             self._vad_samples += self._vad.frame_samples
             end_ms = self._vad_samples * 1000 // self._vad.sample_rate
@@ -176,16 +285,30 @@ class TurnDetector:
                 return SpeechStarted(max(0, start_ms - cfg.prefix_padding_ms))
             return None
         if probability >= cfg.threshold:
-            self._silence_start_ms = None
+            if self._silence_start_ms is not None:
+                self._silence_start_ms = None
+                self._pause_id += 1
+                self._paused = False
         elif probability < max(cfg.threshold - _HYSTERESIS, 0.01):
             if self._silence_start_ms is None:
                 self._silence_start_ms = start_ms
-            if end_ms - self._silence_start_ms >= cfg.silence_duration_ms:
-                self.speaking = False
-                speech_end = self._silence_start_ms
-                self._silence_start_ms = None
-                return SpeechStopped(audio_end_ms=end_ms, speech_end_ms=speech_end)
+            silent_ms = end_ms - self._silence_start_ms
+            if silent_ms >= cfg.silence_duration_ms:
+                return self._stop(end_ms)
+            if not self._paused and silent_ms >= cfg.pause_ms:
+                self._paused = True
+                return Pause(bytes(self._context), self._vad.sample_rate, self._pause_id)
         return None
+
+    def _stop(self, end_ms: int) -> SpeechStopped:
+        assert self._silence_start_ms is not None
+        stopped = SpeechStopped(audio_end_ms=end_ms, speech_end_ms=self._silence_start_ms,
+                                pause_id=self._pause_id if self._paused else None)
+        self.speaking = False
+        self._silence_start_ms = None
+        self._pause_id += 1
+        self._paused = False
+        return stopped
 
     def _check_idle(self) -> IdleTimeout | None:
         timeout = self.config.idle_timeout_ms
@@ -230,6 +353,10 @@ class InputAudioBuffer:
         excess = len(self._pcm) - ms * INPUT_RATE * 2 // 1000
         if excess > 0:
             self._drop(excess)
+
+    def peek(self) -> bytes:
+        """Everything buffered, left in place."""
+        return bytes(self._pcm)
 
     def take(self) -> bytes:
         """Everything buffered; the buffer is left empty and starts where this ended."""
