@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from callgate.media.codecs import G711Codec
+from callgate.media.latch import behind_nat
 from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool
 from callgate.media.rtcp import ReceiverReport, SenderReport, build_rtcp, parse_rtcp
@@ -614,3 +615,18 @@ def test_sending_pauses_while_the_peer_is_silent_and_silent_rtp_keeps_it_alive()
         session.receive_rtp(rtp(k), ("127.0.0.1", 5000), t)
         session.on_tick(t)
     assert session.packets_out - sent >= 99
+
+
+def test_a_public_sdp_address_lets_only_its_own_host_be_learned() -> None:
+    wire = Wire()
+    session = MediaSession(wire)
+    session.configure(media(5000, host="198.51.100.20"), pcm_rate=8000, now=0.0)
+    for k in range(6):  # another host, however well-formed its run: never learned
+        session.receive_rtp(rtp(k, ssrc=5), ("203.0.113.9", 5000), 0.01 * k)
+    assert session.latched_addr is None and session.stats["foreign_packets"] == 6
+    for k in range(4):  # the SDP's host, its NAT having moved the port: learned
+        session.receive_rtp(rtp(100 + k), ("198.51.100.20", 6200), 0.2 + 0.02 * k)
+    assert session.latched_addr == ("198.51.100.20", 6200)
+    assert [behind_nat(h) for h in ("10.1.2.3", "192.168.0.9", "100.64.1.1", "fe80::1",
+                                    "::ffff:172.16.0.1", "127.0.0.1", "198.51.100.20",
+                                    "2001:db8::1", "8.8.8.8")] == [True] * 5 + [False] * 4

@@ -6,12 +6,15 @@ always believed (and wins back the call from any source learned before it). A so
 did not name (a caller behind NAT, whose SDP carries its private address) is learned only
 from a run of ``PROBATION`` packets of one SSRC with consecutive sequence numbers, and only
 within ``LEARNING_WINDOW_S`` of the SDP arriving; once a source is known, others are foreign.
+When the SDP names an address that is not a private one (so not a NAT's inside), only that
+host may be learned: its NAT or firewall may change the port, never the host.
 That is Asterisk's ``strictrtp=seqno`` rule. SRTP needs no probation: a packet that passes
 authentication (RFC 3711 §3.3) proves its sender holds the call's key, so it latches at once.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +29,22 @@ PROBATION = 4
 LEARNING_WINDOW_S = 5.0
 # Enough for a few NAT candidates at once, too few for a flood of sources to cost memory.
 _MAX_CANDIDATES = 8
+# The inside of a NAT: RFC 1918, RFC 6598 (carrier-grade NAT), link-local, RFC 4193 ULAs.
+_NAT_INSIDE = tuple(ipaddress.ip_network(net) for net in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+    "fc00::/7", "fe80::/10"))
+
+
+def behind_nat(host: str) -> bool:
+    """Whether an SDP address can only be the inside of a NAT: a private or link-local
+    address (unlike loopback, this host, reachable as it is)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return True  # not an address at all: nothing to hold the source to
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in _NAT_INSIDE if net.version == ip.version)
 
 
 @dataclass(slots=True)
@@ -40,6 +59,7 @@ class SourceLatch:
 
     def __init__(self) -> None:
         self.expected: Address | None = None   # what the SDP named (resolved)
+        self._any_host = True                  # whether a source may be learned from any host
         self.source: Address | None = None     # the peer, once known
         self.learned = False                   # source came from learning, not from the SDP
         self._learn_until = 0.0
@@ -53,7 +73,7 @@ class SourceLatch:
         """A new SDP address: forget the old source and learn afresh for a while."""
         if self.source is not None and stale_for:
             self._stale, self._stale_until = self.source, now + stale_for
-        self.expected = addr
+        self.resolve(addr)
         self.source = None
         self.learned = False
         self._learn_until = now + LEARNING_WINDOW_S
@@ -62,6 +82,7 @@ class SourceLatch:
     def resolve(self, addr: Address | None) -> None:
         """The SDP's host name resolved (or the hold address): the expected address only."""
         self.expected = addr
+        self._any_host = addr is None or behind_nat(addr[0])
 
     def admit(self, addr: Any, ssrc: int, sequence: int, now: float, *,
               authenticated: bool = False) -> Verdict:
@@ -80,6 +101,8 @@ class SourceLatch:
             self._latch((host, port), learned=True)
             return "peer"
         if source is not None or now > self._learn_until:
+            return "foreign"
+        if not self._any_host and expected is not None and expected[0] != host:
             return "foreign"
         stale = self._stale
         if stale is not None and stale[0] == host and stale[1] == port:
