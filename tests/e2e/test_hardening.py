@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import resource
 import secrets
 import socket
@@ -355,3 +356,50 @@ def test_one_hosts_invite_flood_gets_503_and_the_rest_is_served() -> None:
     assert health.headers["server"] == "callgate" and "uvicorn" not in str(health.headers)
     assert docs.status_code == 404  # no map of the API unless CALLGATE_API_DOCS
 
+
+
+# -- out of file descriptors -----------------------------------------------------------------
+
+
+async def _starved() -> tuple[Response, list[int], Response]:
+    async with in_process(rtp_ports=10) as gw:
+        sip_port = gw.sip_addresses["udp"][1]
+        caller = await Udp.bind()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        hogs: list[socket.socket] = []
+        try:
+            # This process may open only a few more descriptors than it has open now; the
+            # test takes all but 20 of them, as a leak or a flood elsewhere would.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 100,
+                                                        hard))
+            with contextlib.suppress(OSError):
+                while True:
+                    hogs.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            for _ in range(20):
+                hogs.pop().close()
+            await asyncio.sleep(1.1)  # the gateway looks at its descriptors once a second
+            caller.send(invite(sip_port, source=caller.addr, media=("127.0.0.1", 4000)),
+                        ("127.0.0.1", sip_port))
+            refused = await caller.response(503)
+        finally:
+            for sock in hogs:
+                sock.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        await asyncio.sleep(0.3)
+        first = [m.status for m in map(parse_message, caller.received) if isinstance(m, Response)]
+        caller.received.clear()
+        await asyncio.sleep(1.1)
+        caller.send(invite(sip_port, source=caller.addr, media=("127.0.0.1", 4000)),
+                    ("127.0.0.1", sip_port))
+        answered = await caller.response(200)
+        caller.close()
+        return refused, first, answered
+
+
+def test_running_out_of_descriptors_answers_503_with_retry_after() -> None:
+    refused, first, answered = asyncio.run(_starved())
+    assert refused.headers.get("Retry-After") == "10"  # not a 500, not a timeout
+    # Turned away at the door (no 100 Trying, no ringing): no webhook, engine or RTP socket
+    # was tried, any of which would fail half-way for want of a descriptor.
+    assert first == [503], first
+    assert answered.status == 200                       # and calls resume once fds are back
