@@ -316,6 +316,9 @@ def callgate(workdir: Path, *, cpu: int | None, **settings: str) -> Iterator[Cal
         "CALLGATE_PROJECT_ID": PROJECT_ID, "CALLGATE_RTP_PORTS": RTP_PORTS,
         "CALLGATE_MAX_CALLS": "5000",
         "CALLGATE_DEFAULT_SESSION": json.dumps({"type": "realtime", "model": "echo"}),
+        # Every call of a benchmark comes from this one host, at rates a per-source limit
+        # exists to stop: measure the gateway, not its flood protection.
+        "CALLGATE_SIP_INVITE_RATE": "0", "CALLGATE_SIP_PROBE_RATE": "0",
     })
     env.update({f"CALLGATE_{k.upper()}": v for k, v in settings.items()})
     log_path = workdir / f"callgate-{sip_port}.log"

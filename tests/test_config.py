@@ -78,3 +78,19 @@ def test_cli_reports_bad_configuration() -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "bad configuration" in proc.stderr and "rtp_ports" in proc.stderr
+
+
+def test_exposures_are_named_and_require_auth_refuses_them() -> None:
+    open_api = config.load(webhook_url="http://hooks.example.com/in")
+    names = [name for name, _ in open_api.exposures]
+    assert names == ["security.api_unauthenticated", "security.webhook_unsigned",
+                     "security.webhook_plain_http"]
+    with pytest.raises(ValidationError) as info:
+        config.load(require_auth=True, webhook_url="http://hooks.example.com/in")
+    assert "require_auth" in str(info.value) and "CALLGATE_API_KEY" in str(info.value)
+    # Loopback API, a signed https webhook (or plain http to this host): nothing to say.
+    safe = config.load(require_auth=True, http_host="127.0.0.1",
+                       webhook_url="https://hooks.example.com/in,http://127.0.0.1:9/in",
+                       webhook_secret="whsec_" + "A" * 32)
+    assert safe.exposures == []
+    assert config.load(require_auth=True, api_key="sk-x", http_host="::").exposures == []

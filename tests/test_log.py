@@ -43,3 +43,18 @@ def test_refused_handshake_noise_is_dropped(lines) -> None:  # type: ignore[no-u
     logging.getLogger("callgate.test").error("something real")
     output = lines()
     assert len(output) == 1 and "something real" in output[0]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_control_characters_from_the_wire_are_escaped(lines, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    log.setup("info", fmt)
+    hostile = "Bob\x1b[2J\x07\r\nts=forged level=info\udc8e"
+    log.event(logging.getLogger("callgate.sip"), "sip.bad_request", reason=hostile)
+    [line] = lines()
+    assert not any(ch in line for ch in "\x1b\x07\r\udc8e")
+    assert "\\u001b" in line
+    if fmt == "text":  # one line still, and the value reads back exactly
+        value, _ = json.JSONDecoder().raw_decode(line[line.index("reason=") + 7:])
+        assert value == hostile
+    else:
+        assert json.loads(line)["reason"] == hostile

@@ -12,6 +12,7 @@ import json
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -149,20 +150,48 @@ class Settings(BaseSettings):
     max_calls: int = Field(1000, ge=1, description="Concurrent calls; more get 503 + Retry-After.")
     max_message_size: int = Field(65535, ge=1024, description="Largest SIP message accepted.")
     session_expires: int = Field(1800, ge=90, description="RFC 4028 session interval offered (s).")
-    user_agent: str = Field("callgate", description="Server/User-Agent header value.")
+    user_agent: str = Field("callgate", description="Server/User-Agent header value, in SIP "
+                            "and HTTP alike (no framework banner goes out).")
     sip_t1: float = Field(0.5, gt=0, description="RFC 3261 T1, the RTT estimate (s); Timer B/F/H "
                           "are 64*T1.")
     sip_t2: float = Field(4.0, gt=0, description="RFC 3261 T2, the retransmit interval cap (s).")
     sip_t4: float = Field(5.0, gt=0, description="RFC 3261 T4, the network's max message "
                           "lifetime (s).")
 
+    # --- what one host can cost us -----------------------------------------------------------
+    sip_max_connections: int = Field(4096, ge=1, description="Inbound SIP TCP/TLS connections "
+                                     "in all; more are closed at once.")
+    sip_max_connections_per_source: int = Field(64, ge=1, description="Inbound SIP TCP/TLS "
+                                                "connections from one address.")
+    sip_idle_timeout: float = Field(300.0, gt=0, description="Close a SIP connection silent "
+                                    "this long (s).")
+    sip_message_deadline: float = Field(10.0, gt=0, description="A SIP message on TCP/TLS must "
+                                        "be complete this long after its first byte, and an "
+                                        "accepted connection must send one that soon (s).")
+    sip_max_headers: int = Field(128, ge=16, description="Header fields in one SIP message "
+                                 "(more: 413).")
+    sip_max_header_line: int = Field(8192, ge=256, description="Characters in one SIP header "
+                                     "field after unfolding (more: 400).")
+    sip_invite_rate: float = Field(100.0, ge=0, description="New INVITEs per second from one "
+                                   "address (0: no limit); more get 503 with Retry-After.")
+    sip_invite_burst: float = Field(200.0, ge=1, description="INVITEs one address may send at "
+                                    "once before sip_invite_rate applies.")
+    sip_probe_rate: float = Field(20.0, ge=0, description="New out-of-dialog OPTIONS, REGISTER "
+                                  "and other requests per second from one address (0: no "
+                                  "limit); more are dropped unanswered, as scans are.")
+    sip_probe_burst: float = Field(50.0, ge=1, description="Probes one address may send at "
+                                   "once before sip_probe_rate applies.")
+
     # --- media -----------------------------------------------------------------------------
     rtp_ports: str = Field("10000-20000", description="RTP port range, 'low-high' (even ports).")
     codecs: Annotated[list[str], NoDecode] = Field(["PCMU", "PCMA", "G722", "opus"],
                               description="Codec preference list for SDP answers and offers.")
-    symmetric_rtp: bool = Field(True, description="Latch RTP to the first valid source address.")
-    media_timeout: float = Field(60.0, ge=0, description="End an answered call whose caller "
-                                 "sent no RTP for this long while not on hold (s; 0: never).")
+    symmetric_rtp: bool = Field(True, description="Send RTP to where the caller's RTP comes "
+                                "from (the SDP's address, or a NAT source learned strictly).")
+    media_timeout: float = Field(60.0, ge=0, description="Stop sending media while nothing "
+                                 "(no RTP, no RTCP) came back for this long, and end an "
+                                 "answered call whose caller sent no RTP for this long while "
+                                 "not on hold (s; 0: never).")
     jitter_min_ms: int = Field(40, ge=0, description="Jitter buffer minimum depth.")
     jitter_max_ms: int = Field(200, ge=20, description="Jitter buffer maximum depth.")
 
@@ -171,6 +200,16 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=0, le=65535, description="Port of the REST/WebSocket API.")
     api_key: str | None = Field(None, description="Bearer key the REST/WebSocket API requires "
                                 "(unset: no authentication, for local use only).")
+    require_auth: bool = Field(False, description="Refuse to start with an unauthenticated API "
+                               "on a non-loopback address, or webhooks unsigned or over plain "
+                               "http to another host.")
+    api_docs: bool = Field(False, description="Serve /openapi.json and /docs (behind the API "
+                           "key when one is set).")
+    ws_max_per_call: int = Field(16, ge=1, description="Realtime WebSockets open on one call.")
+    ws_max_per_client: int = Field(300, ge=1, description="Realtime WebSockets open from one "
+                                   "client address.")
+    ws_max_json_depth: int = Field(64, ge=4, description="Deepest nesting of a WebSocket "
+                                   "event; deeper gets an error event.")
 
     # --- call control ----------------------------------------------------------------------
     webhook_url: Annotated[list[str], NoDecode] = Field([], description="Endpoints that receive "
@@ -251,6 +290,34 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_exposure(self) -> Settings:
+        if self.require_auth and self.exposures:
+            raise ValueError("require_auth is set, but: " + "; ".join(
+                message for _, message in self.exposures))
+        return self
+
+    @property
+    def exposures(self) -> list[tuple[str, str]]:
+        """(event, message) for each way these settings leave the gateway open to anyone."""
+        found = []
+        if self.api_key is None and not _is_loopback(self.http_host):
+            found.append(("security.api_unauthenticated",
+                          f"the API on {self.http_host}:{self.http_port} has no API key: anyone "
+                          "who reaches it can answer, steer and listen to calls (set "
+                          "CALLGATE_API_KEY, or CALLGATE_HTTP_HOST=127.0.0.1)"))
+        if self.webhook_url and self.webhook_secret is None:
+            found.append(("security.webhook_unsigned",
+                          "webhooks go out unsigned: receivers cannot tell them from forgeries "
+                          "(set CALLGATE_WEBHOOK_SECRET)"))
+        plain = [url for url in self.webhook_url if url.lower().startswith("http://")
+                 and not _is_loopback(urlsplit(url).hostname or "")]
+        if plain:
+            found.append(("security.webhook_plain_http",
+                          f"{len(plain)} webhook URL(s) use plain http to another host: caller "
+                          "details travel unencrypted (use https)"))
+        return found
+
+    @model_validator(mode="after")
     def _check_default_model(self) -> Settings:
         if self.default_model not in self.model_routes:
             raise ValueError(f"default_model {self.default_model!r} is not one of the models "
@@ -288,6 +355,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the TOML file, which arrives as init kwargs.
         return env_settings, init_settings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -17,7 +17,10 @@ from typing import Any
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"color_message"}
 
 
-_NEEDS_QUOTES = re.compile(r'[\s"=]|^$')
+# Control characters (ESC, BEL, CR ...) and lone surrogates come from the wire in SIP headers
+# and WebSocket frames: written raw they could drive an operator's terminal or forge lines.
+# Quoted, json.dumps escapes them all.
+_NEEDS_QUOTES = re.compile(r'[\s"=\x00-\x1f\x7f-\x9f\ud800-\udfff]|^$')
 
 
 def _quote(value: object) -> str:

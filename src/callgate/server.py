@@ -31,8 +31,9 @@ from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool
 from callgate.realtime.registry import SessionRegistry
 from callgate.sip.endpoint import SipEndpoint
+from callgate.sip.limits import RequestLimits
 from callgate.sip.transaction import TimerConfig
-from callgate.sip.transport import SipTransportManager
+from callgate.sip.transport import SipTransportManager, StreamLimits
 
 logger = logging.getLogger("callgate.server")
 
@@ -87,6 +88,8 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.settings
+        for name, message in s.exposures:  # require_auth turned these into errors already
+            event(logger, name, logging.WARNING, detail=message)
         await self.preload()
         tls = _tls_context(s)
         webhooks = (WebhookSender(s.webhook_url, s.webhook_secret, timeout=s.webhook_timeout)
@@ -94,10 +97,20 @@ class Gateway:
         low, high = s.rtp_port_range
         self.calls = CallShell(s, sessions=self.sessions, engine_factory=self.engine_for,
                                port_pool=PortPool(low, high), tick=self.tick, webhooks=webhooks)
-        endpoint = SipEndpoint(timers=TimerConfig(t1=s.sip_t1, t2=s.sip_t2, t4=s.sip_t4,
-                                                  timer_d=64 * s.sip_t1))
+        endpoint = SipEndpoint(
+            timers=TimerConfig(t1=s.sip_t1, t2=s.sip_t2, t4=s.sip_t4, timer_d=64 * s.sip_t1),
+            limits=RequestLimits(
+                invite_rate=s.sip_invite_rate, invite_burst=s.sip_invite_burst,
+                probe_rate=s.sip_probe_rate, probe_burst=s.sip_probe_burst,
+                max_headers=s.sip_max_headers, max_header_line=s.sip_max_header_line))
         self.sip = SipTransportManager(endpoint, self.calls.on_sip_event,
-                                       max_message_size=s.max_message_size)
+                                       max_message_size=s.max_message_size,
+                                       limits=StreamLimits(
+                                           max_connections=s.sip_max_connections,
+                                           max_connections_per_source=(
+                                               s.sip_max_connections_per_source),
+                                           idle_timeout=s.sip_idle_timeout,
+                                           message_deadline=s.sip_message_deadline))
         contact_ports: dict[str, int] = {}  # filled below, once bound
         self.calls.attach(self.sip, contact_ports=contact_ports)
         self.sip_addresses["udp"] = await self.sip.listen_udp(s.sip_host, s.sip_port)
@@ -117,6 +130,8 @@ class Gateway:
         config = uvicorn.Config(
             app, host=s.http_host, port=s.http_port, ws="websockets-sansio", lifespan="off",
             log_config=None, access_log=False,
+            # Our own Server header instead of uvicorn's banner (which names the framework).
+            server_header=False, headers=[("server", s.user_agent)],
             ssl_certfile=str(s.tls_cert) if s.tls_cert else None,
             ssl_keyfile=str(s.tls_key) if s.tls_key else None)
         self.http = _HttpServer(config)

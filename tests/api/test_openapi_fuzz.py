@@ -53,9 +53,10 @@ class ShardedControl:
 
 
 CONTROL = ShardedControl()
-APP = create_app(Settings(api_key=API_KEY, models={"support-bot": ModelRoute(engine="echo")}),
-                 CONTROL)
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+APP = create_app(Settings(api_key=API_KEY, api_docs=True,
+                          models={"support-bot": ModelRoute(engine="echo")}), CONTROL)
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP,
+                                        headers={"Authorization": f"Bearer {API_KEY}"})
 
 
 @schema.parametrize()

@@ -72,7 +72,7 @@ CONTROL = FakeControl()
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    settings = Settings(api_key=API_KEY,
+    settings = Settings(api_key=API_KEY, api_docs=True,
                         models={"support-bot": ModelRoute(engine="openai-compatible")})
     app = create_app(settings, CONTROL)
     sock = socket.socket()
@@ -335,7 +335,10 @@ def test_bad_reject_status(client: openai.OpenAI, control: FakeControl,
 
 @pytest.mark.parametrize("uri", ["", "+14155550123", "http://example.com/", "sip:",
                                  "sip:bob@exa mple.com", "tel:+1 415", "sip:a@b>;x",
-                                 "sip:bob@example.com\r\nX-Evil: 1", "tel:", "mailto:a@b"])
+                                 "sip:bob@example.com\r\nX-Evil: 1", "tel:", "mailto:a@b",
+                                 "sip:bob@example.com?Route=%3Csip:evil.example%3E&Call-ID=x",
+                                 "sip:bob@example.com?Replaces=abc&%52oute=x",
+                                 "sips:bob@example.com?call-id=1"])
 def test_bad_refer_target(client: openai.OpenAI, control: FakeControl, uri: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.realtime.calls.refer("rtc_1", target_uri=uri)
@@ -348,7 +351,8 @@ def test_bad_refer_target(client: openai.OpenAI, control: FakeControl, uri: str)
                                  "tel:7042;phone-context=example.com",
                                  "sip:+14155550123@trunk.example.com;user=phone",
                                  "sips:agent@pbx.example.com:5061;transport=tls",
-                                 "sip:[2001:db8::1]", "sip:queue@10.0.0.5?Replaces=abc%40host"])
+                                 "sip:[2001:db8::1]", "sip:queue@10.0.0.5?Replaces=abc%40host",
+                                 "sip:q@10.0.0.5?replaces=a%40h&User-to-User=56a390f3%3Bencoding%3Dhex"])
 def test_good_refer_targets(client: openai.OpenAI, control: FakeControl, uri: str) -> None:
     client.realtime.calls.refer("rtc_1", target_uri=uri)
     assert control.calls == [("refer", "rtc_1", uri)]
@@ -431,7 +435,9 @@ def test_unknown_routes_and_methods(base_url: str) -> None:
 
 def test_health_and_openapi(base_url: str) -> None:
     assert httpx.get(f"{base_url}/healthz").json() == {"status": "ok"}
-    schema = httpx.get(f"{base_url}/openapi.json").json()
+    assert httpx.get(f"{base_url}/openapi.json").status_code == 401  # the map is behind the key
+    schema = httpx.get(f"{base_url}/openapi.json",
+                       headers={"Authorization": f"Bearer {API_KEY}"}).json()
     assert set(schema["paths"]) == {
         "/v1/realtime/calls/{call_id}/accept", "/v1/realtime/calls/{call_id}/reject",
         "/v1/realtime/calls/{call_id}/refer", "/v1/realtime/calls/{call_id}/hangup",

@@ -28,6 +28,9 @@ from openai.types.webhooks import RealtimeCallIncomingWebhookEvent
 
 from callgate.api.app import create_app
 from callgate.calls.webhook import (
+    Delivery as Outcome,
+)
+from callgate.calls.webhook import (
     WebhookSender,
     backoff,
     build_incoming_event,
@@ -195,8 +198,8 @@ def test_retry_policy() -> None:
 
 def _deliver(urls: list[str], secret: str | None, event: dict[str, Any], *,
              keep_trying: Callable[[], bool] = lambda: True,
-             **options: Any) -> tuple[bool, float]:
-    async def main() -> tuple[bool, float]:
+             **options: Any) -> tuple[Outcome, float]:
+    async def main() -> tuple[Outcome, float]:
         async with WebhookSender(urls, secret, **{"timeout": 2.0, **options}) as sender:
             started = time.monotonic()
             ok = await sender.deliver(event, keep_trying=keep_trying)
@@ -204,7 +207,7 @@ def _deliver(urls: list[str], secret: str | None, event: dict[str, Any], *,
         assert no_other_tasks()
         return ok, elapsed
 
-    result: tuple[bool, float] = run(main())
+    result: tuple[Outcome, float] = run(main())
     return result
 
 
@@ -444,7 +447,7 @@ def test_unsigned_when_no_secret() -> None:
 
 
 def test_no_urls() -> None:
-    assert _deliver([], None, build_incoming_event("rtc_1", [], now=0))[0] is False
+    assert not _deliver([], None, build_incoming_event("rtc_1", [], now=0))[0]
 
 
 def test_keep_trying_that_raises_does_not_escape() -> None:
@@ -530,7 +533,7 @@ def test_receiver_accepts_inside_its_handler_while_delivery_waits() -> None:
         accepted.append(event.data.call_id)
         return 200
 
-    async def main() -> bool:
+    async def main() -> Outcome:
         async with serve(app) as url:
             base["url"] = url
             with Receiver(respond).running() as receiver:
@@ -540,7 +543,7 @@ def test_receiver_accepts_inside_its_handler_while_delivery_waits() -> None:
                         keep_trying=lambda: not accepted)
         return ok
 
-    assert run(main()) is True
+    assert run(main()).delivered
     assert accepted == ["rtc_inline"]
     assert control.calls == [("accept", "rtc_inline", {
         "type": "realtime", "model": "gpt-realtime", "instructions": "You are a support agent."})]
@@ -553,3 +556,19 @@ def test_event_body_is_compact_json() -> None:
     body = receiver.deliveries[0].body
     assert json.loads(body) == event
     assert body.isascii()
+
+
+def test_a_receiver_that_is_gone_or_down_ends_the_ringing_at_once() -> None:
+    event = build_incoming_event("rtc_gone", [], now=0)
+    with Receiver(always(410)).running() as gone:
+        delivery, elapsed = _deliver([gone.url], None, event)
+    assert not delivery and delivery.reasons == ("refused",) and delivery.sip_status == 480
+    assert elapsed < 0.5 and len(gone.deliveries) == 1
+    # Connection refused three times in a row: down, 503 (the trunk may try elsewhere),
+    # after well under a second rather than the whole accept timeout.
+    delivery, elapsed = _deliver([closed_port_url()], None, event)
+    assert delivery.reasons == ("unreachable",) and delivery.sip_status == 503
+    assert elapsed < 1.5
+    # The call stopped ringing (accepted over REST meanwhile): nothing to end.
+    delivery, _ = _deliver([closed_port_url()], None, event, keep_trying=lambda: False)
+    assert delivery.reasons == ("stopped",) and delivery.sip_status is None

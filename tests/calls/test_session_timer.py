@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from callgate.calls.session_timer import IntervalTooSmall, negotiate
+from callgate.calls.session_timer import MAX_SE, IntervalTooSmall, negotiate
 from callgate.sip.message import Headers, Request, parse_uri
 
 
@@ -52,3 +52,15 @@ def test_peer_min_se_raises_the_floor() -> None:
 def test_garbage_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         negotiate(_invite(("Session-Expires", "soon")), default_interval=1800)
+
+
+def test_a_huge_interval_is_lowered_to_the_documented_maximum() -> None:
+    timer = negotiate(_invite(("Session-Expires", "99999999999999999999;refresher=uac"),
+                              ("Supported", "timer")), default_interval=1800)
+    assert timer.interval == MAX_SE == 7200 and timer.header() == "7200;refresher=uac"
+    timer = negotiate(_invite(("Session-Expires", "100"), ("Min-SE", "99999999"),
+                              ("Supported", "timer")), default_interval=1800)
+    assert timer.interval == MAX_SE
+    assert negotiate(_invite(), default_interval=1800, max_se=600).interval == 600
+    with pytest.raises(ValueError):  # past Python's digit limit for int(): still a 400
+        negotiate(_invite(("Session-Expires", "9" * 5000)), default_interval=1800)

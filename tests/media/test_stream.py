@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import socket
 import time
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 
 from callgate.media.codecs import G711Codec
+from callgate.media.latch import behind_nat
 from callgate.media.offer_answer import CodecSpec, CryptoSuite, NegotiatedMedia
 from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool
-from callgate.media.rtcp import ReceiverReport, SenderReport, parse_rtcp
+from callgate.media.rtcp import ReceiverReport, SenderReport, build_rtcp, parse_rtcp
 from callgate.media.rtp import RtpPacket, parse_rtp
 from callgate.media.session import MediaSession
 from callgate.media.srtp import SrtpContext, new_crypto
@@ -87,6 +89,8 @@ async def pair(pool: PortPool, tick: SendTick, *, host: str = "127.0.0.1",
     b = await MediaStream.open(bind_host=host, port_pool=pool, tick=tick)
     a.start(media(b.local_port, host=host, **kw), pcm_rate=pcm_rate)
     b.start(media(a.local_port, host=host, **kw), pcm_rate=pcm_rate)
+    a.answered()
+    b.answered()
     return a, b
 
 
@@ -142,6 +146,7 @@ def test_latching_follows_the_real_source_and_ignores_others() -> None:
             phone.send(RtpPacket(0, 100 + k, 1600 * k // 10, 0xABC, k == 0, payload).to_bytes(),
                        stream.local_port)
         await asyncio.sleep(0.05)
+        # Learned from a run of four in sequence (strict RTP): the first three are held back.
         assert stream.latched_addr == ("127.0.0.1", phone_port)
         for k in range(5):
             intruder.send(RtpPacket(0, 7 + k, 0, 0xBAD, False, bytes(160)).to_bytes(),
@@ -150,7 +155,7 @@ def test_latching_follows_the_real_source_and_ignores_others() -> None:
         assert len(phone.packets) >= 3  # our media now goes to where the phone really is
         st = stream.stats
         assert st["foreign_packets"] == 5
-        assert st["packets_in"] == 10
+        assert st["learning_packets"] == 3 and st["packets_in"] == 7
         assert st["latched"] == f"127.0.0.1:{phone_port}"
         await stream.close()
         phone.close()
@@ -227,6 +232,7 @@ def test_hold_sends_nothing_and_restart_changes_codec_and_remote_in_place() -> N
         other, other_port = await Peer.open()
         port = stream.local_port
         stream.start(media(phone_port, direction="recvonly"), pcm_rate=8000)  # we are held
+        stream.answered()
         await asyncio.sleep(0.2)
         assert phone.packets == [] and stream.stats["packets_out"] == 0
         # re-INVITE: resume, switch to PCMA and to another address; same socket.
@@ -249,6 +255,7 @@ def test_clear_output_drops_queued_audio_for_barge_in() -> None:
     async def main() -> None:
         stream, _phone, phone_port = await stream_and_phone(41500)
         stream.start(media(phone_port), pcm_rate=24000)
+        stream.answered()
         stream.send_audio(sine(440, 2.0, 24000))
         await asyncio.sleep(0.2)
         dropped = stream.clear_output()
@@ -310,18 +317,17 @@ def test_ports_in_use_by_others_are_skipped_and_exhaustion_is_an_error() -> None
         pool = PortPool(41800, 41805)  # pairs 41800/1, 41802/3, 41804/5
         assert pool.size == 3
         first = pool.bind("127.0.0.1")
-        assert first.port == 41802
         second = pool.bind("127.0.0.1")
-        assert second.port == 41804
+        assert {first.port, second.port} == {41802, 41804}
         with pytest.raises(PortsExhausted):
             pool.bind("127.0.0.1")
         first.close()
         pool.release(first.port)
-        # Round robin: 41800 (skipped before) comes first, and binds when RTCP is not wanted.
+        third = pool.bind("127.0.0.1")  # 41800 is tried in vain at most once
+        assert third.port == first.port
+        # 41800 (skipped before) binds when RTCP is not wanted.
         solo = pool.bind("127.0.0.1", rtcp=False)
         assert solo.port == 41800 and solo.rtcp is None
-        third = pool.bind("127.0.0.1")
-        assert third.port == 41802
         for bound in (second, solo, third):
             bound.close()
     finally:
@@ -329,11 +335,26 @@ def test_ports_in_use_by_others_are_skipped_and_exhaustion_is_an_error() -> None
     with pytest.raises(ValueError):
         PortPool(41800, 41800)
     pool = PortPool(41901, 41906)  # odd low: starts at 41902
-    assert [pool.allocate() for _ in range(2)] == [41902, 41904]
+    assert sorted(pool.allocate() for _ in range(2)) == [41902, 41904]
     with pytest.raises(PortsExhausted):
         pool.allocate()
     pool.release(41902)
     assert pool.allocate() == 41902
+
+
+def test_ports_are_unpredictable_and_a_released_port_rests() -> None:
+    pool = PortPool(20000, 29999)  # 5,000 pairs
+    ports = [pool.allocate() for _ in range(200)]
+    steps = {b - a for a, b in itertools.pairwise(ports)}
+    assert len(steps) > 150  # no stride to extrapolate from one port to the next
+    assert ports != sorted(ports)
+    small = PortPool(30000, 30039)  # 20 pairs: five released ports rest
+    taken = [small.allocate() for _ in range(10)]
+    for port in taken:
+        small.release(port)
+    after = [small.allocate() for _ in range(15)]
+    assert not set(after) & set(taken[-5:])  # the most recently released are not reused
+    assert small.allocate() in taken[-5:]    # ...until nothing else is left
 
 
 def test_cpu_cost_per_call_benchmark() -> None:
@@ -400,6 +421,7 @@ def test_a_host_name_in_the_sdp_is_resolved_without_blocking() -> None:
     async def main() -> None:
         stream, phone, phone_port = await stream_and_phone(42500, symmetric_rtp=False)
         stream.start(media(phone_port, host="localhost"), pcm_rate=8000)
+        stream.answered()
         await asyncio.sleep(0.2)
         assert len(phone.packets) >= 5
         await stream.close()
@@ -440,6 +462,7 @@ def test_session_keeps_the_rtp_clock_across_skipped_ticks() -> None:
     wire = Wire()
     session = MediaSession(wire)
     session.configure(media(5000), pcm_rate=8000, now=100.0)
+    session.answered(100.0)
     for t in (100.0, 100.02, 100.04, 100.24, 100.26):  # the loop stalled for 180 ms
         session.on_tick(t)
     rtp = wire.rtp()
@@ -453,14 +476,17 @@ def test_session_hold_address_and_ipv6_mapping() -> None:
     wire = Wire()
     held = MediaSession(wire)
     held.configure(media(5000, host="0.0.0.0"), pcm_rate=8000, now=0.0)  # RFC 2543 hold
+    held.answered(0.0)
     held.on_tick(0.0)
     assert wire.sent == []
     dual = MediaSession(wire, ipv6_socket=True)
     dual.configure(media(5000), pcm_rate=8000, now=0.0)
+    dual.answered(0.0)
     dual.on_tick(0.0)
     assert wire.sent[0][1] == ("::ffff:127.0.0.1", 5000)
     v4_only = MediaSession(wire)
     v4_only.configure(media(5000, host="2001:db8::1"), pcm_rate=8000, now=0.0)
+    v4_only.answered(0.0)
     assert v4_only.stats["packets_out"] == 0
     v4_only.on_tick(0.0)
     assert len(wire.sent) == 1  # nothing for an address this socket cannot reach
@@ -470,6 +496,7 @@ def test_session_rtcp_goes_to_port_plus_one_or_a_rtcp_attribute() -> None:
     wire = Wire()
     session = MediaSession(wire)
     session.configure(media(5000), pcm_rate=8000, now=0.0)
+    session.answered(0.0)
     session.send_rtcp(0.0)
     assert wire.sent[-1][1:] == (("127.0.0.1", 5001), True)
     other = replace(media(5000), remote_rtcp_addr=("127.0.0.2", 6001))
@@ -481,3 +508,125 @@ def test_session_rtcp_goes_to_port_plus_one_or_a_rtcp_attribute() -> None:
     assert wire.sent[-1][1:] == (("127.0.0.1", 5000), False)
     packets = parse_rtcp(wire.sent[-1][0])
     assert isinstance(packets[0], ReceiverReport)  # nothing sent yet: RR, not SR
+
+
+# -- strict RTP, the answer gate and consent (sans-IO) ----------------------------------------
+
+
+def rtp(seq: int, ssrc: int = 0x1234) -> bytes:
+    return RtpPacket(0, seq, 160 * seq, ssrc, False, bytes(160)).to_bytes()
+
+
+def dests(wire: Wire) -> set[tuple[str, int]]:
+    return {addr for _, addr, rtcp in wire.sent if not rtcp}
+
+
+def test_nothing_goes_to_the_sdp_address_before_the_answer() -> None:
+    wire = Wire()
+    session = MediaSession(wire)
+    session.configure(media(5000, host="192.0.2.7"), pcm_rate=8000, now=0.0)
+    for k in range(300):  # six seconds, RTCP due twice over
+        session.on_tick(k * 0.02)
+    assert wire.sent == []  # an INVITE alone aims nothing at its SDP's victim
+    session.answered(6.0)
+    session.on_tick(6.0)
+    assert dests(wire) == {("192.0.2.7", 5000)}
+
+
+def test_a_peer_that_sent_the_calls_media_gets_ours_before_the_answer() -> None:
+    wire = Wire()
+    session = MediaSession(wire)
+    session.configure(media(5000), pcm_rate=8000, now=0.0)
+    session.receive_rtp(rtp(1), ("127.0.0.1", 5000), 0.01)  # from the SDP's address: believed
+    session.on_tick(0.02)
+    assert dests(wire) == {("127.0.0.1", 5000)}
+
+
+def test_an_intruder_racing_the_caller_never_takes_the_call() -> None:
+    wire = Wire()
+    session = MediaSession(wire)
+    heard: list[bytes] = []
+    session.on_audio = heard.append
+    session.configure(media(5000, host="10.0.0.8"), pcm_rate=8000, now=0.0)  # NATed caller
+    session.answered(0.0)
+    intruder, caller = ("203.0.113.9", 40000), ("198.51.100.2", 31000)
+    # The intruder sprays packets with random SSRCs and sequence numbers first...
+    for k in range(20):
+        session.receive_rtp(rtp(k * 977 % 65536, ssrc=k), intruder, 0.001 * k)
+    assert session.latched_addr is None
+    # ...the caller's run of four in sequence is learned...
+    for k in range(4):
+        session.receive_rtp(rtp(100 + k), caller, 0.1 + 0.02 * k)
+    assert session.latched_addr == caller
+    # ...and from then on even a well-formed run from the intruder is foreign.
+    for k in range(10):
+        session.receive_rtp(rtp(500 + k, ssrc=0x99), intruder, 0.2 + 0.01 * k)
+    assert session.latched_addr == caller
+    assert session.stats["foreign_packets"] == 10
+    session.on_tick(0.4)
+    assert dests(wire) == {caller}
+
+
+def test_the_sdp_address_wins_back_a_learned_source_and_learning_closes() -> None:
+    wire = Wire()
+    session = MediaSession(wire)
+    session.configure(media(5000), pcm_rate=8000, now=0.0)
+    squatter = ("127.0.0.1", 6666)
+    for k in range(4):
+        session.receive_rtp(rtp(k, ssrc=7), squatter, 0.01 * k)
+    assert session.latched_addr == squatter
+    session.receive_rtp(rtp(50), ("127.0.0.1", 5000), 0.1)
+    assert session.latched_addr == ("127.0.0.1", 5000)
+    late = MediaSession(wire)
+    late.configure(media(5000, host="10.0.0.8"), pcm_rate=8000, now=0.0)
+    for k in range(8):  # past the learning window: nothing is learned any more
+        late.receive_rtp(rtp(k), ("198.51.100.2", 31000), 6.0 + 0.02 * k)
+    assert late.latched_addr is None and late.stats["foreign_packets"] == 8
+
+
+def test_rtcp_from_a_stranger_neither_steers_nor_keeps_the_stream() -> None:
+    wire = Wire()
+    session = MediaSession(wire)
+    session.configure(media(5000), pcm_rate=8000, now=0.0)
+    session.answered(0.0)
+    report = build_rtcp([ReceiverReport(0x42, ())])
+    session.receive_rtcp(report, ("203.0.113.9", 5001), 0.5)
+    session.send_rtcp(0.5)
+    assert wire.sent[-1][1] == ("127.0.0.1", 5001)
+    assert session.stats["rtcp_in"] == 0 and session.stats["foreign_packets"] == 1
+    session.receive_rtcp(report, ("127.0.0.1", 7001), 0.6)  # the peer's host, another port
+    session.send_rtcp(0.6)
+    assert wire.sent[-1][1] == ("127.0.0.1", 7001) and session.last_heard == 0.6
+
+
+def test_sending_pauses_while_the_peer_is_silent_and_silent_rtp_keeps_it_alive() -> None:
+    wire = Wire()
+    session = MediaSession(wire, media_timeout=2.0)
+    session.configure(media(5000), pcm_rate=8000, now=0.0)
+    session.answered(0.0)
+    t = 0.0
+    for k in range(150):  # three seconds of nothing back: sending stops after two
+        t = k * 0.02
+        session.on_tick(t)
+    sent = session.packets_out
+    assert 99 <= sent <= 102 and session.stats["silent_ticks"] > 40
+    for k in range(100):  # the peer comes back with silence (all-zero payloads still count)
+        t = 3.0 + k * 0.02
+        session.receive_rtp(rtp(k), ("127.0.0.1", 5000), t)
+        session.on_tick(t)
+    assert session.packets_out - sent >= 99
+
+
+def test_a_public_sdp_address_lets_only_its_own_host_be_learned() -> None:
+    wire = Wire()
+    session = MediaSession(wire)
+    session.configure(media(5000, host="198.51.100.20"), pcm_rate=8000, now=0.0)
+    for k in range(6):  # another host, however well-formed its run: never learned
+        session.receive_rtp(rtp(k, ssrc=5), ("203.0.113.9", 5000), 0.01 * k)
+    assert session.latched_addr is None and session.stats["foreign_packets"] == 6
+    for k in range(4):  # the SDP's host, its NAT having moved the port: learned
+        session.receive_rtp(rtp(100 + k), ("198.51.100.20", 6200), 0.2 + 0.02 * k)
+    assert session.latched_addr == ("198.51.100.20", 6200)
+    assert [behind_nat(h) for h in ("10.1.2.3", "192.168.0.9", "100.64.1.1", "fe80::1",
+                                    "::ffff:172.16.0.1", "127.0.0.1", "198.51.100.20",
+                                    "2001:db8::1", "8.8.8.8")] == [True] * 5 + [False] * 4

@@ -618,3 +618,49 @@ def test_invite_retransmitted_after_the_2xx_opens_no_second_call() -> None:
         ep.receive(msg(), PEER, "udp", at)
         ep.handle_timer(at)
         assert not [e for e in drain(ep) if type(e).__name__ == "RequestReceived"], at
+
+
+# -- per-source admission ----------------------------------------------------------------------
+
+
+def test_invites_over_a_sources_rate_get_503_with_retry_after() -> None:
+    from callgate.sip.limits import RequestLimits
+
+    ep = new_endpoint(limits=RequestLimits(invite_rate=0.5, invite_burst=2))
+    for n in range(2):
+        incoming(ep, msg(branch=f"z9hG4bKr{n}", call_id=f"r{n}"), now=0.0)
+        assert statuses(ep) == [100]
+    ep.receive(msg(branch="z9hG4bKr0", call_id="r0"), PEER, "udp", 0.1)  # a retransmission
+    assert drain(ep) == [] and statuses(ep) == [100]                    # costs no token
+    ep.receive(msg(branch="z9hG4bKr2", call_id="r2"), PEER, "udp", 0.1)
+    assert drain(ep) == []
+    (response, addr, _), = sent(ep)
+    assert isinstance(response, Response) and addr == PEER
+    assert response.status == 503 and response.headers.get("Retry-After") == "2"
+    # In-dialog requests are the calls already let in; another source has its own bucket.
+    incoming(ep, msg("BYE", branch="z9hG4bKr3", call_id="r0", to_tag="t1"), now=0.2)
+    ep.receive(msg(branch="z9hG4bKr4", call_id="r4"), ("198.51.100.1", 5060), "udp", 0.2)
+    assert isinstance(drain(ep)[0], RequestReceived)
+    incoming(ep, msg(branch="z9hG4bKr5", call_id="r5"), now=2.2)  # a token is back
+    assert ep.stats["rate_limited"] == 1
+
+
+def test_probes_over_a_sources_rate_are_dropped_without_a_word() -> None:
+    from callgate.sip.limits import RequestLimits
+
+    ep = new_endpoint(limits=RequestLimits(probe_rate=1, probe_burst=3))
+    for n in range(10):
+        ep.receive(msg("OPTIONS", branch=f"z9hG4bKp{n}", call_id=f"p{n}"), PEER, "udp", 0.0)
+    assert sum(isinstance(e, RequestReceived) for e in drain(ep)) == 3
+    assert sent(ep) == [] and ep.stats["rate_limited"] == 7
+
+
+def test_an_overloaded_endpoint_turns_new_invites_away() -> None:
+    ep = new_endpoint()
+    ep.overloaded = "file descriptors running out"
+    ep.receive(msg(), PEER, "udp", 0.0)
+    assert drain(ep) == []
+    (response, _, _), = sent(ep)
+    assert isinstance(response, Response) and response.status == 503
+    assert response.headers.get("Retry-After") == "10"
+    incoming(ep, msg("OPTIONS", branch="z9hG4bKo1"), now=0.0)  # only INVITEs cost sockets

@@ -163,6 +163,9 @@ def test_datagram_content_length_rules() -> None:
     (("Max-Forwards: 70", "Max-Forwards: 70\r\nDate: Sat, 13 Nov 2010 23:29:00 EST"), 400),
     (("SIP/2.0\r\n", "SIP/3.0\r\n"), 505),
     (("INVITE sip:proj_x@gw.example.com SIP", "INVITE sip:proj_x@gw.example.com?a=b SIP"), 400),
+    (("Max-Forwards: 70", "Max-Forwards: 70" + "\r\nX-Pad: 1" * 130), 413),
+    (("Max-Forwards: 70", "Max-Forwards: 70\r\nSubject: " + "a" * 9000), 400),
+    (("Max-Forwards: 70", "Max-Forwards: 70\r\nSubject: a" + "\r\n b" * 4200), 400),
 ])
 def test_answerable_errors(edit: tuple[str, str], status: int) -> None:
     raw = invite().replace(edit[0].encode(), edit[1].encode(), 1)
@@ -280,3 +283,18 @@ def test_identifiers() -> None:
     assert branch.startswith("z9hG4bK") and len(branch) > 20 and branch != new_branch()
     cid = new_call_id()
     assert re.fullmatch(r"[0-9a-f]{32}", cid) and cid != new_call_id()
+
+
+def test_header_limits_are_settings() -> None:
+    raw = invite().replace(b"Max-Forwards: 70", b"Max-Forwards: 70" + b"\r\nX-Pad: 1" * 20, 1)
+    assert isinstance(parse_message(raw), Request)
+    with pytest.raises(SipParseError) as err:
+        parse_message(raw, max_headers=20)
+    assert err.value.status == 413 and "more than 20" in err.value.reason
+    with pytest.raises(SipParseError) as err:
+        parse_message(raw, max_header_line=60)
+    assert err.value.status == 400
+    response = raw.replace(b"INVITE sip:proj_x@gw.example.com SIP/2.0", b"SIP/2.0 200 OK", 1)
+    with pytest.raises(SipParseError) as err:
+        parse_message(response, max_headers=20)
+    assert err.value.partial is None  # nobody to answer: dropped

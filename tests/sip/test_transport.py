@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -30,7 +31,7 @@ from callgate.sip.message import (
     parse_uri,
 )
 from callgate.sip.transaction import TimerConfig
-from callgate.sip.transport import SipTransportManager
+from callgate.sip.transport import SipTransportManager, StreamLimits
 
 HOST = "127.0.0.1"
 
@@ -74,9 +75,9 @@ class Tu:
         return await asyncio.wait_for(loop(), timeout)
 
 
-async def start(tu: Tu, *, timers: TimerConfig | None = None, **kwargs: object
-                ) -> SipTransportManager:
-    endpoint = SipEndpoint(timers=timers)
+async def start(tu: Tu, *, timers: TimerConfig | None = None,
+                endpoint: SipEndpoint | None = None, **kwargs: object) -> SipTransportManager:
+    endpoint = endpoint or SipEndpoint(timers=timers)
     manager = SipTransportManager(endpoint, tu.on_event, **kwargs)  # type: ignore[arg-type]
     tu.manager = manager
     return manager
@@ -270,7 +271,7 @@ def test_tcp_message_split_across_segments_and_pipelined(loop_kind: str) -> None
 
 def test_tcp_idle_connection_is_closed(loop_kind: str) -> None:
     async def body() -> None:
-        manager = await start(Tu(), idle_timeout=0.1)
+        manager = await start(Tu(), limits=StreamLimits(idle_timeout=0.1))
         addr = await manager.listen_tcp(HOST, 0)
         reader, writer = await asyncio.open_connection(*addr)
         assert await asyncio.wait_for(reader.read(), 5) == b""
@@ -444,5 +445,96 @@ def test_close_releases_everything_with_live_connections(loop_kind: str) -> None
             assert await asyncio.wait_for(reader.read(), 5) == b""
             writer.close()
             await writer.wait_closed()
+
+    run(body, loop_kind)
+
+
+# -- what a few hosts can take ------------------------------------------------------------------
+
+
+def test_connections_are_capped_per_source_and_in_all(loop_kind: str) -> None:
+    async def body() -> None:
+        manager = await start(Tu(), limits=StreamLimits(max_connections=5,
+                                                        max_connections_per_source=3))
+        addr = await manager.listen_tcp(HOST, 0)
+        conns = [await asyncio.open_connection(*addr) for _ in range(3)]
+        extra = await asyncio.open_connection(*addr)
+        assert await asyncio.wait_for(extra[0].read(), 5) == b""  # the 4th from one host
+        other = [await asyncio.open_connection(*addr, local_addr=("127.0.0.2", 0))
+                 for _ in range(2)]  # another host still gets in...
+        for _, writer in other:  # ...and is served
+            writer.write(options(transport="TCP"))
+        assert (await read_message(other[0][0])).startswith(b"SIP/2.0 200")
+        third = await asyncio.open_connection(*addr, local_addr=("127.0.0.3", 0))
+        assert await asyncio.wait_for(third[0].read(), 5) == b""  # the 6th in all
+        assert manager.connection_count == 5
+        for _, writer in [*conns, extra, *other, third]:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await manager.close()
+
+    run(body, loop_kind)
+
+
+def test_a_message_must_be_complete_soon_after_its_first_byte(loop_kind: str) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        manager = await start(Tu(), limits=StreamLimits(message_deadline=0.5))
+        addr = await manager.listen_tcp(HOST, 0)
+        # A byte every 100 ms keeps the connection busy, but never finishes a message.
+        reader, writer = await asyncio.open_connection(*addr)
+        started = loop.time()
+        data = options(transport="TCP")
+        for byte in data[:40]:
+            if reader.at_eof():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert 0.4 < loop.time() - started < 3.0
+        # Silence after connecting is cut off as well; a finished message, then keep-alive
+        # pings, is a healthy connection that stays open.
+        silent, silent_writer = await asyncio.open_connection(*addr)
+        talker, talker_writer = await asyncio.open_connection(*addr)
+        talker_writer.write(options(transport="TCP", branch="z9hG4bKt2"))
+        assert (await read_message(talker)).startswith(b"SIP/2.0 200")
+        for _ in range(8):
+            talker_writer.write(b"\r\n\r\n")
+            await asyncio.sleep(0.1)
+        assert await asyncio.wait_for(silent.read(), 5) == b""
+        assert manager.connection_count == 1
+        for w in (writer, silent_writer, talker_writer):
+            w.close()
+            with contextlib.suppress(ConnectionError):
+                await w.wait_closed()
+        await manager.close()
+
+    run(body, loop_kind)
+
+
+def test_running_out_of_descriptors_answers_503_and_refuses_connections(loop_kind: str) -> None:
+    async def body() -> None:
+        free = [1000]
+        manager = await start(Tu(), descriptors=lambda: free[0])
+        udp = await manager.listen_udp(HOST, 0)
+        tcp = await manager.listen_tcp(HOST, udp[1])
+        transport, client = await udp_client()
+        free[0] = 10
+        manager._fd_check_at = 0.0  # look again now rather than within the second
+        transport.sendto(options(method="INVITE"), udp)
+        response = await recv_response(client.queue)
+        assert response.status == 503 and response.headers.get("Retry-After") == "10"
+        reader, writer = await asyncio.open_connection(*tcp)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        free[0] = 1000
+        manager._fd_check_at = 0.0
+        transport.sendto(options(method="INVITE", branch="z9hG4bKt9", call_id="tc-9"), udp)
+        assert (await recv_response(client.queue)).status == 100
+        transport.close()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        await manager.close()
 
     run(body, loop_kind)

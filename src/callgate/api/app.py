@@ -1,5 +1,8 @@
 """The HTTP API: OpenAI-compatible call control over REST, plus health and OpenAPI.
 
+``/openapi.json`` is served only with ``api_docs`` on, and then behind the API key when one is
+set: the document maps out every verb for whoever can reach the port.
+
 Paths, bodies and answers follow OpenAI's Realtime SIP interface (openai-wire.md §2) so the
 ``openai`` SDK's ``client.realtime.calls.accept/reject/refer/hangup`` work against callgate
 by changing only ``base_url``. Success is HTTP 200 with ``{}``: some clients parse the body
@@ -13,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 
 from callgate import __version__
 from callgate.api.auth import bearer_matches, require_api_key, unauthorized
@@ -66,7 +70,7 @@ def create_app(settings: Settings, control: CallControl, *,
     ``extra_routers`` (the realtime WebSocket router) are mounted as they are; they do their
     own authentication with :func:`callgate.api.auth.bearer_matches`.
     """
-    app = FastAPI(title="callgate", version=__version__, openapi_url="/openapi.json",
+    app = FastAPI(title="callgate", version=__version__, openapi_url=None,
                   docs_url=None, redoc_url=None, redirect_slashes=False,
                   description="Call control compatible with OpenAI's Realtime SIP interface.")
     api_key = settings.api_key
@@ -141,6 +145,11 @@ def create_app(settings: Settings, control: CallControl, *,
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    if settings.api_docs:
+        @app.get("/openapi.json", include_in_schema=False,
+                 dependencies=[Depends(require_api_key(api_key))] if api_key is not None else [])
+        async def openapi_document() -> JSONResponse:
+            return JSONResponse(app.openapi())
     return app
 
 

@@ -12,6 +12,10 @@ headers, the ``openai-insecure-api-key.<key>`` subprotocol the Node SDK uses.
 
 Frames are JSON text, one event each. Each socket has a reader (client events into the
 session, errors back to this socket only) and a writer (the session's events out).
+
+Limits: at most ``ws_max_per_call`` sockets on one call and ``ws_max_per_client`` from one
+client address (429 at the handshake past either), and a frame nesting deeper than
+``ws_max_json_depth`` is answered with an ``error`` event rather than parsed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import contextlib
 import hmac
 import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket
@@ -28,9 +33,11 @@ from starlette.websockets import WebSocketState
 
 from callgate.api.auth import bearer_matches, unauthorized
 from callgate.api.errors import ApiError
+from callgate.api.json_depth import nests_deeper_than
 from callgate.config import Settings
 from callgate.engines.base import Engine
 from callgate.log import event
+from callgate.realtime.protocol import ProtocolError
 from callgate.realtime.registry import SessionRegistry
 from callgate.realtime.session import RealtimeSession
 from callgate.realtime.subscribers import Subscription
@@ -55,6 +62,8 @@ def make_realtime_router(registry: SessionRegistry, settings: Settings,
         return await create_engine(model, settings)
 
     factory = engine_factory or registry.engine_factory or default_factory
+    per_call: Counter[str] = Counter()
+    per_client: Counter[str] = Counter()
 
     @router.websocket("/v1/realtime")
     async def realtime(websocket: WebSocket) -> None:
@@ -62,7 +71,28 @@ def make_realtime_router(registry: SessionRegistry, settings: Settings,
         if not _authorized(settings.api_key, websocket, offered):
             await _deny(websocket, unauthorized())
             return
+        client = websocket.client.host if websocket.client else ""
         call_id = websocket.query_params.get("call_id")
+        crowded = None
+        if per_client[client] >= settings.ws_max_per_client:
+            crowded = f"this client already has {settings.ws_max_per_client} WebSockets open"
+        elif call_id and per_call[call_id] >= settings.ws_max_per_call:
+            crowded = f"this call already has {settings.ws_max_per_call} WebSockets open"
+        if crowded is not None:
+            await _deny(websocket, ApiError(429, f"Too many connections: {crowded}.",
+                                            code="too_many_connections"))
+            return
+        per_client[client] += 1
+        if call_id:
+            per_call[call_id] += 1
+        try:
+            await _attach(websocket, offered, call_id)
+        finally:
+            _release(per_client, client)
+            if call_id:
+                _release(per_call, call_id)
+
+    async def _attach(websocket: WebSocket, offered: list[str], call_id: str | None) -> None:
         model = websocket.query_params.get("model")
         if call_id:
             found = registry.get(call_id)
@@ -82,7 +112,7 @@ def make_realtime_router(registry: SessionRegistry, settings: Settings,
         event(logger, "realtime_ws_open", call_id=session.call_id,
               session_id=session.session_id, client=_peer(websocket))
         try:
-            await _serve(websocket, session, sub)
+            await _serve(websocket, session, sub, settings.ws_max_json_depth)
         finally:
             sub.close()
             if standalone:
@@ -117,7 +147,14 @@ async def _standalone(websocket: WebSocket, registry: SessionRegistry, settings:
     return None
 
 
-async def _serve(websocket: WebSocket, session: RealtimeSession, sub: Subscription) -> None:
+def _release(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
+
+
+async def _serve(websocket: WebSocket, session: RealtimeSession, sub: Subscription,
+                 max_depth: int) -> None:
     async def read() -> None:
         while True:
             message = await websocket.receive()
@@ -126,8 +163,16 @@ async def _serve(websocket: WebSocket, session: RealtimeSession, sub: Subscripti
             data = message.get("text")
             if data is None:
                 data = message.get("bytes")
-            if data is not None:
-                await session.handle_client_event(data, sub)
+            if data is None:
+                continue
+            text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+            if nests_deeper_than(text, max_depth):
+                event(logger, "realtime_ws_too_deep", call_id=session.call_id,
+                      limit=max_depth, client=_peer(websocket))
+                sub.put(ProtocolError(f"The event nests deeper than {max_depth} levels.",
+                                      code="invalid_json").to_event())
+                continue
+            await session.handle_client_event(data, sub)
 
     async def write() -> None:
         async for ev in sub:

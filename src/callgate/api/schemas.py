@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -212,9 +213,17 @@ _UNRESERVED = r"A-Za-z0-9\-_.!~*'()%"
 _LABEL = r"[A-Za-z0-9]+(?:-+[A-Za-z0-9]+)*"
 _HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])"
 _PARAM = rf"[{_UNRESERVED}\[\]/:&+$]+"
+# URI headers (RFC 3261 §19.1.1) a transfer target may carry into the new call's INVITE:
+# Replaces for an attended transfer (RFC 3891 §5), User-to-User data (RFC 7433). Others,
+# such as Route or Call-ID, would let an API client steer or forge that INVITE's routing.
+REFER_URI_HEADERS = ("Replaces", "User-to-User")
+# Spelled out case by case: a JSON Schema pattern has no case-insensitive flag.
+_HNAME = "(?:" + "|".join("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c)
+                                  for c in name) for name in REFER_URI_HEADERS) + ")"
+_HVALUE = rf"[{_UNRESERVED}\[\]/?:+$]*"
 _SIP_URI = (rf"sips?:(?:[{_UNRESERVED}&=+$,;?/]+(?::[{_UNRESERVED}&=+$,]*)?@)?{_HOST}"
             rf"(?::[0-9]{{1,5}})?(?:;{_PARAM}(?:={_PARAM})?)*"
-            rf"(?:\?{_PARAM}=[{_UNRESERVED}\[\]/?:+$]*(?:&{_PARAM}=[{_UNRESERVED}\[\]/?:+$]*)*)?")
+            rf"(?:\?{_HNAME}={_HVALUE}(?:&{_HNAME}={_HVALUE})*)?")
 _TEL_URI = (r"tel:(?:\+[\-.()]*[0-9][0-9\-.()]*|[\-.()]*[0-9A-Fa-f*#][0-9A-Fa-f*#\-.()]*)"
             rf"(?:;[A-Za-z0-9\-]+(?:=[{_UNRESERVED}\[\]/:&+$]+)?)*")
 TARGET_URI_PATTERN = rf"^(?:{_SIP_URI}|{_TEL_URI})$"
@@ -230,9 +239,16 @@ class ReferRequest(_Strict):
     @field_validator("target_uri")
     @classmethod
     def _check_uri(cls, value: str) -> str:
-        if _TARGET_URI.fullmatch(value) is None:
-            raise ValueError("expected a sip:, sips: or tel: URI such as tel:+14155550123")
-        return value
+        if _TARGET_URI.fullmatch(value) is not None:
+            return value
+        _, question, headers = value.rpartition("@")[2].partition("?")
+        allowed = {name.lower() for name in REFER_URI_HEADERS}
+        for field in headers.split("&") if question and value[:4].lower() != "tel:" else ():
+            name = unquote(field.partition("=")[0])
+            if name.lower() not in allowed:
+                raise ValueError(f"the URI header {name[:40]!r} is not allowed in a transfer "
+                                 f"target (only {' and '.join(REFER_URI_HEADERS)} are)")
+        raise ValueError("expected a sip:, sips: or tel: URI such as tel:+14155550123")
 
 
 # --- responses --------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from callgate.sip.message import Request
 
 MIN_SE = 90  # RFC 4028 §4: the smallest interval anyone may ask for
+# The longest interval granted. A peer asking for more (99999999999999999999 has been seen)
+# gets this: RFC 4028 §9 lets the UAS lower the interval, never below Min-SE. Two hours
+# still finds a vanished peer; a call the timer cannot police would hold its ports for ever.
+MAX_SE = 7200
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +61,9 @@ def _parse_value(text: str) -> tuple[int, dict[str, str]]:
 
 
 def negotiate(request: Request, *, default_interval: int, min_se: int = MIN_SE,
-              current: SessionTimer | None = None) -> SessionTimer:
-    """The timer for the 2xx answering ``request`` (an INVITE or UPDATE), per RFC 4028 §9.
+              max_se: int = MAX_SE, current: SessionTimer | None = None) -> SessionTimer:
+    """The timer for the 2xx answering ``request`` (an INVITE or UPDATE), per RFC 4028 §9,
+    at most ``max_se`` seconds (however large the Session-Expires or Min-SE asked for).
 
     Raises :class:`IntervalTooSmall` for a Session-Expires under our Min-SE, and ValueError
     for an unparseable one (answer 400).
@@ -70,7 +75,7 @@ def negotiate(request: Request, *, default_interval: int, min_se: int = MIN_SE,
             return current
         # §9: a UAS may still ask for a timer; with a caller that doesn't support it, we are
         # the refresher. With one that does, it refreshes (it asked for nothing itself).
-        interval = max(default_interval, min_se)
+        interval = min(max(default_interval, min_se), max_se)
         return SessionTimer(interval, "uac" if supports else "uas", supports)
     interval, params = _parse_value(raw)
     if interval < 1:
@@ -79,7 +84,7 @@ def negotiate(request: Request, *, default_interval: int, min_se: int = MIN_SE,
     floor = max(min_se, int(peer_min.split(";")[0]) if peer_min else 0)
     if interval < min_se:
         raise IntervalTooSmall(min_se)
-    interval = max(interval, floor)
+    interval = min(max(interval, floor), max_se)
     refresher = params.get("refresher")
     if refresher not in ("uac", "uas"):
         refresher = "uac" if supports else "uas"

@@ -166,6 +166,7 @@ class CallShell:
             media = self.media.get(action.call_id)
             if media is not None:
                 media.start(action.negotiated, pcm_rate=ENGINE_RATE)
+                media.answered()  # the core configures media only once the call is confirmed
         elif isinstance(action, act.StartSession):
             self.starting[action.call_id] = self.spawn(
                 self._start_session(action.call_id, action.config),
@@ -244,8 +245,19 @@ class CallShell:
             call = core.calls.get(call_id)
             return call is not None and call.state is CallState.RINGING
 
-        self.spawn(self.webhooks.deliver(action.event, keep_trying=ringing),
-                   f"webhook {call_id}")
+        webhooks = self.webhooks
+
+        async def offer() -> None:
+            delivery = await webhooks.deliver(action.event, keep_trying=ringing)
+            # No application can have the call (a receiver refused it, or none was
+            # reachable): end the ringing now rather than at the accept timeout.
+            if (status := delivery.sip_status) is not None and ringing():
+                core.abandon(call_id, f"webhook not delivered ({', '.join(delivery.reasons)})",
+                             self.loop.time(), status=status,
+                             headers=[("Retry-After", "30")] if status == 503 else None)
+                self.pump()
+
+        self.spawn(offer(), f"webhook {call_id}")
 
     async def _auto_accept(self, call_id: str) -> None:
         try:
@@ -364,7 +376,7 @@ class CallShell:
         return await MediaStream.open(
             bind_host=bind_host, port_pool=self.port_pool, tick=self.tick,
             symmetric_rtp=s.symmetric_rtp, jitter_min_ms=s.jitter_min_ms,
-            jitter_max_ms=s.jitter_max_ms, call_id=call_id)
+            jitter_max_ms=s.jitter_max_ms, media_timeout=s.media_timeout, call_id=call_id)
 
     async def _start_session(self, call_id: str, config: dict[str, Any]) -> None:
         media, engine = self.media[call_id], self.engines[call_id]

@@ -4,6 +4,13 @@ The body and headers match what OpenAI sends (openai-wire.md §1), so a receiver
 OpenAI verifies callgate's deliveries with ``openai.OpenAI(webhook_secret=...).webhooks.unwrap``
 unchanged. Delivery runs on the event loop without ever blocking it: a receiver commonly
 calls ``/accept`` on our REST API *inside* its webhook handler, before it answers 200.
+
+When no receiver takes the event, :attr:`Delivery.sip_status` says how the ringing call is
+to be answered at once rather than after the whole accept timeout: ``480`` (Temporarily
+Unavailable) when a receiver answered and refused it (any final 4xx, such as 410 Gone: the
+application is there and says no), ``503`` with Retry-After when none could be reached
+(connection refused ``CONNECT_ATTEMPTS`` times in a row, an unusable URL, or the delivery
+deadline passed: the caller's proxy may try another gateway).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -37,6 +45,28 @@ _DROPPED_HEADERS = frozenset({"authorization", "proxy-authorization"})
 _MAX_RESPONSE_READ = 64 * 1024
 # Attempt failures that another try would only repeat.
 _FINAL_ERRORS = frozenset({"invalid_url", "unexpected"})
+# A receiver that refused the connection this many times in a row is down, not busy.
+CONNECT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How delivering one event went: ``delivered`` by any receiver, else why not (per URL
+    the last reason: refused, unreachable, deadline or stopped). True when delivered."""
+
+    delivered: bool
+    reasons: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.delivered
+
+    @property
+    def sip_status(self) -> int | None:
+        """The status to end the ringing call with now (module docstring), or None: it was
+        delivered, or delivery stopped because the call stopped ringing."""
+        if self.delivered or not self.reasons or "stopped" in self.reasons:
+            return None
+        return 480 if "refused" in self.reasons else 503
 
 
 def build_incoming_event(call_id: str, sip_headers: Iterable[tuple[str, str]], *,
@@ -164,14 +194,15 @@ class WebhookSender:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def deliver(self, event: dict[str, Any], *, keep_trying: Callable[[], bool]) -> bool:
-        """POST ``event`` to every URL; True once any of them acknowledged it with a 2xx.
+    async def deliver(self, event: dict[str, Any], *,
+                      keep_trying: Callable[[], bool]) -> Delivery:
+        """POST ``event`` to every URL; delivered once any of them acknowledged it (2xx).
 
         Returns when every URL has acknowledged, refused, or run out of reasons to retry.
         Never raises (cancellation excepted); outcomes are logged with the call id.
         """
         if not self.urls:
-            return False
+            return Delivery(False)
         data = event.get("data")
         call_id = data.get("call_id") if isinstance(data, dict) else None
         try:
@@ -180,7 +211,7 @@ class WebhookSender:
         except (TypeError, ValueError) as exc:
             event_log(logger, "webhook.unserializable", logging.ERROR, call_id=call_id,
                       error=repr(exc))
-            return False
+            return Delivery(False)
         # One delivery id for every attempt of this event: the receiver's idempotency key.
         webhook_id = f"wh_{uuid.uuid4().hex}"
         deadline = asyncio.get_running_loop().time() + self.max_elapsed
@@ -188,13 +219,18 @@ class WebhookSender:
             tasks = [group.create_task(self._deliver_to(url, body, webhook_id, call_id,
                                                         keep_trying, deadline))
                      for url in self.urls]
-        return any(task.result() for task in tasks)
+        results = [task.result() for task in tasks]
+        if any(result is None for result in results):
+            return Delivery(True)
+        return Delivery(False, tuple(r for r in results if r is not None))
 
     async def _deliver_to(self, url: str, body: bytes, webhook_id: str, call_id: str | None,
-                          keep_trying: Callable[[], bool], deadline: float) -> bool:
+                          keep_trying: Callable[[], bool], deadline: float) -> str | None:
+        """None once delivered; else why it was not (refused, unreachable, deadline,
+        stopped)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        attempt = 0
+        attempt = refusals = 0
         reason = "stopped"
         while True:
             attempt += 1
@@ -206,11 +242,15 @@ class WebhookSender:
                 event_log(logger, "webhook.delivered", call_id=call_id, url=_redact(url),
                       webhook_id=webhook_id, status=status, attempts=attempt,
                       elapsed_ms=elapsed_ms)
-                return True
+                return None
             event_log(logger, "webhook.attempt_failed", logging.DEBUG, call_id=call_id,
                   url=_redact(url), attempt=attempt, status=status, error=error)
-            if verdict == "give_up" or error in _FINAL_ERRORS:
+            refusals = refusals + 1 if error == "ConnectError" else 0
+            if verdict == "give_up":
                 reason = "refused"
+                break
+            if error in _FINAL_ERRORS or refusals >= CONNECT_ATTEMPTS:
+                reason = "unreachable"
                 break
             delay = backoff(attempt, self.initial_backoff, self.max_backoff)
             if retry_after is not None:
@@ -228,7 +268,7 @@ class WebhookSender:
         event_log(logger, "webhook.failed", logging.WARNING, call_id=call_id, url=_redact(url),
               webhook_id=webhook_id, reason=reason, status=status, error=error,
               attempts=attempt, elapsed_ms=round((loop.time() - started) * 1000))
-        return False
+        return reason
 
     async def _attempt(self, url: str, body: bytes, webhook_id: str,
                        budget: float) -> tuple[int | None, float | None, str | None]:

@@ -2,9 +2,11 @@
 
 RFC 3550 §11: RTP uses an even port and RTCP the next higher (odd) one; with rtcp-mux
 (RFC 5761) only the RTP port is needed, but the pair is still reserved so a later offer without
-mux (re-INVITE) finds its RTCP port free. Ports are handed out round-robin so that a port just
-released by one call is not reused at once, while stray packets for the old call may still be
-in flight. A port that another process already holds is skipped, not fatal.
+mux (re-INVITE) finds its RTCP port free. Ports are picked at random from the free ones, so the
+next call's port cannot be predicted from this one's (RFC 3550 §8.2 wants RTP unguessable; an
+attacker who knows the port can race the caller's first packets). A released port rests in a
+queue for a while before it is free again, so stray packets for the old call in flight do not
+reach the next one. A port that another process already holds is skipped, not fatal.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import secrets
 import socket
 from collections import deque
 from dataclasses import dataclass
@@ -47,9 +50,13 @@ class PortPool:
         if not 0 < low <= high <= 65535 or first + 1 > high:
             raise ValueError(f"port range {low}-{high} holds no even/odd pair")
         self.low, self.high = low, high
-        self._free: deque[int] = deque(range(first, high, 2))
+        self._free: list[int] = list(range(first, high, 2))
         self._used: set[int] = set()
         self.size = len(self._free)
+        # Released ports wait here, oldest first, until a quarter of the range has been
+        # released after them.
+        self._resting: deque[int] = deque()
+        self._rest = self.size // 4
 
     @property
     def in_use(self) -> int:
@@ -57,49 +64,62 @@ class PortPool:
 
     @property
     def available(self) -> int:
-        return len(self._free)
+        return len(self._free) + len(self._resting)
 
     def allocate(self) -> int:
-        """Reserve the next even port without binding it (see :meth:`bind`)."""
-        if not self._free:
-            raise PortsExhausted(f"all {self.size} RTP ports in {self.low}-{self.high} in use")
-        port = self._free.popleft()
+        """Reserve a random free even port without binding it (see :meth:`bind`)."""
+        free = self._free
+        if not free:
+            if not self._resting:
+                raise PortsExhausted(
+                    f"all {self.size} RTP ports in {self.low}-{self.high} in use")
+            free.append(self._resting.popleft())  # busy range: the longest-rested port
+        index = secrets.randbelow(len(free))
+        free[index], free[-1] = free[-1], free[index]
+        port = free.pop()
         self._used.add(port)
         return port
 
     def release(self, port: int) -> None:
-        """Give a port back; it goes to the end of the queue. Unknown ports are ignored."""
+        """Give a port back; it rests before reuse. Unknown ports are ignored."""
         if port in self._used:
             self._used.remove(port)
-            self._free.append(port)
+            self._resting.append(port)
+            while len(self._resting) > self._rest:
+                self._free.append(self._resting.popleft())
 
     def bind(self, host: str, *, rtcp: bool = True) -> BoundPorts:
-        """Bind UDP sockets on the next free pair, skipping ports other processes hold.
+        """Bind UDP sockets on a random free pair, skipping ports other processes hold.
 
         The sockets are non-blocking and ready for ``loop.create_datagram_endpoint(sock=...)``;
         release the port with :meth:`release` after closing them.
         """
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        for _ in range(len(self._free)):
-            port = self.allocate()
-            try:
-                rtp_sock = _bind_udp(family, host, port)
-            except OSError as exc:
-                self._skip(port, exc)
-                continue
-            rtcp_sock = None
-            if rtcp:
+        busy: list[int] = []  # held until the search ends, so no port is tried twice
+        try:
+            while self.available:
+                port = self.allocate()
                 try:
-                    rtcp_sock = _bind_udp(family, host, port + 1)
+                    rtp_sock = _bind_udp(family, host, port)
                 except OSError as exc:
-                    rtp_sock.close()
-                    self._skip(port, exc)
+                    self._skip(port, exc, busy)
                     continue
-            return BoundPorts(port, rtp_sock, rtcp_sock)
+                rtcp_sock = None
+                if rtcp:
+                    try:
+                        rtcp_sock = _bind_udp(family, host, port + 1)
+                    except OSError as exc:
+                        rtp_sock.close()
+                        self._skip(port, exc, busy)
+                        continue
+                return BoundPorts(port, rtp_sock, rtcp_sock)
+        finally:
+            for port in busy:
+                self.release(port)
         raise PortsExhausted(f"no bindable RTP port pair in {self.low}-{self.high} on {host}")
 
-    def _skip(self, port: int, exc: OSError) -> None:
-        self.release(port)
+    def _skip(self, port: int, exc: OSError, busy: list[int]) -> None:
+        busy.append(port)
         if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
             raise exc
         event(logger, "media.port_busy", level=logging.DEBUG, port=port, error=exc.strerror)

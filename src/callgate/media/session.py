@@ -4,12 +4,19 @@ Datagrams come in with their source address and ``now``; ``on_tick(now)`` runs o
 20 ms tick; whatever must go on the wire leaves through the ``transmit(data, addr, rtcp)``
 callable given at construction (no sockets here, and no list built per tick).
 
-Receive: (symmetric-RTP latch check) → SRTP unprotect → parse → telephone-events to the DTMF
-receiver, audio to the jitter buffer. Each tick: jitter buffer pop → decode / conceal →
+Receive: SRTP unprotect → parse → strict-RTP source check (``SourceLatch``) → telephone-events
+to the DTMF receiver, audio to the jitter buffer. Each tick: jitter buffer pop → decode / conceal →
 resample to ``pcm_rate`` → exactly one 20 ms frame to ``on_audio``; then one packet out from the
 PacedSender (queued audio, a telephone-event, or encoded silence that keeps NAT bindings open
 and the far end's jitter buffer fed), nothing while our direction does not send (RFC 3264 §5.1,
 hold); RTCP SR/RR about every 5 s (RFC 3550 §6.2).
+
+Where media goes is guarded, so that an INVITE cannot aim our stream at a third party: the
+address the SDP names gets nothing until :meth:`MediaSession.answered` says the call is
+established (the ACK came, or early media was asked for); a source that proved itself by
+sending the call's media may get it before. And sending pauses while nothing (no RTP, no RTCP)
+has come back for ``media_timeout`` seconds, in the spirit of RFC 7675 consent freshness: a
+silent caller still sends RTP, an absent one or a victim sends none.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from callgate.log import event
 from callgate.media.codecs import Codec, CodecError, create_codec
 from callgate.media.dtmf import DtmfDigit, DtmfReceiver
 from callgate.media.jitter import LOST, JitterBuffer
+from callgate.media.latch import SourceLatch
 from callgate.media.offer_answer import CodecSpec, CryptoSuite, NegotiatedMedia
 from callgate.media.pacer import PacedSender
 from callgate.media.resample import Resampler
@@ -62,7 +70,7 @@ class MediaSession:
 
     def __init__(self, transmit: Transmit, *, ipv6_socket: bool = False,
                  symmetric_rtp: bool = True, jitter_min_ms: int = 40, jitter_max_ms: int = 200,
-                 call_id: str | None = None) -> None:
+                 media_timeout: float = 0.0, call_id: str | None = None) -> None:
         self.call_id = call_id
         self.on_audio = None
         self.on_dtmf = None
@@ -83,14 +91,16 @@ class MediaSession:
         self._pcm_rate = 0
         self._codec_pt = self._dtmf_pt = -1
         self._sending = self._receiving = False
-        self._remote: Address | None = None      # where RTP goes (SDP, or latched)
+        self._remote: Address | None = None      # where RTP goes now (see _route)
         self._remote_rtcp: Address | None = None
-        self._latched: Address | None = None
-        self._rtcp_latched = False
-        # After a re-INVITE moved the media, the old peer's last packets in flight must not
-        # win the new latch: that source is refused for a moment.
-        self._stale: Address | None = None
-        self._stale_until = 0.0
+        self._sdp_remote: Address | None = None  # what the SDP names, as our socket reaches it
+        self._sdp_rtcp: Address | None = None
+        self._rtcp_source: Address | None = None
+        self._latch = SourceLatch()
+        self._answered = False
+        self._media_timeout = media_timeout
+        self._heard: float | None = None         # when the peer's RTP or RTCP last came
+        self._peer_silent = False
         self._rtcp_mux = False
         # Caller audio is reframed to exact 20 ms frames at the session rate.
         self._rx_resampler: Resampler | None = None
@@ -106,6 +116,7 @@ class MediaSession:
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self.foreign_packets = self.malformed = self.unknown_pt = self.decode_errors = 0
         self.srtp_failures = self.dtmf_in = self.rtcp_in = self.rtcp_out = 0
+        self.learning_packets = self.silent_ticks = 0
         self.rtt_ms: float | None = None
         self.remote_report: ReportBlock | None = None
 
@@ -152,36 +163,60 @@ class MediaSession:
                 negotiated.remote_addr, negotiated.remote_rtcp_addr, negotiated.rtcp_mux):
             return False
         self._rtcp_mux = negotiated.rtcp_mux
-        if self._latched is not None:
-            self._stale, self._stale_until = self._latched, now + _STALE_SOURCE_S
-        self._latched = None  # a new remote: latch afresh (symmetric RTP)
-        self._rtcp_latched = False
+        # A new remote: learn its source afresh; the old peer's packets still in flight are
+        # refused for a moment so they cannot win the new latch.
+        self._latch.expect(None, now, stale_for=_STALE_SOURCE_S)
+        self._rtcp_source = None
         host = negotiated.remote_addr[0]
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            self._remote = self._remote_rtcp = None  # a host name (RFC 8866 §5.7 allows it)
+            self._sdp_remote = self._sdp_rtcp = None  # a host name (RFC 8866 §5.7 allows it)
+            self._route()
             return True
         self.set_remote(host)
         return False
 
     def set_remote(self, ip: str) -> None:
-        """Send to ``ip`` (the SDP's address, or what its host name resolved to)."""
+        """The SDP's address is ``ip`` (as written, or what its host name resolved to)."""
         negotiated = self.negotiated
         assert negotiated is not None
         port = negotiated.remote_addr[1]
         rtcp = negotiated.remote_rtcp_addr
-        # What the peer's packets already taught us (latching) beats what its SDP says.
-        self._remote = self._latched or self._sendable(ip, port)
+        self._sdp_remote = self._sendable(ip, port)
         if negotiated.rtcp_mux:
+            self._sdp_rtcp = self._sdp_remote
+        elif rtcp is None:  # RFC 3605 a=rtcp may name another host; else RTP's port + 1
+            self._sdp_rtcp = self._sendable(ip, port + 1)
+        else:
+            same_host = rtcp[0] == negotiated.remote_addr[0]
+            self._sdp_rtcp = self._sendable(ip if same_host else rtcp[0], rtcp[1])
+        self._latch.resolve(self._sdp_remote)
+        self._route()
+
+    def answered(self, now: float) -> None:
+        """The call is established (the ACK came, or early media was asked for): the SDP's
+        address may now get our media even before it sent any."""
+        if not self._answered:
+            self._answered = True
+            self._heard = now if self._heard is None else max(self._heard, now)
+            self._route()
+
+    def _route(self) -> None:
+        """Where RTP and RTCP go: a source that proved itself (symmetric RTP: what the peer's
+        packets taught us beats what its SDP says), else the SDP's address once answered."""
+        source = self._latch.source
+        proven = source is not None and source == self._sdp_remote
+        if self._symmetric and source is not None:
+            self._remote = source
+        else:
+            self._remote = self._sdp_remote if self._answered or proven else None
+        if self._rtcp_mux:
             self._remote_rtcp = self._remote
-        elif not self._rtcp_latched:
-            # RFC 3605 a=rtcp may name another host; otherwise RTCP goes to RTP's port + 1.
-            if rtcp is None:
-                self._remote_rtcp = self._sendable(ip, port + 1)
-            else:
-                same_host = rtcp[0] == negotiated.remote_addr[0]
-                self._remote_rtcp = self._sendable(ip if same_host else rtcp[0], rtcp[1])
+        elif self._symmetric and self._rtcp_source is not None:
+            self._remote_rtcp = self._rtcp_source
+        else:
+            self._remote_rtcp = self._sdp_rtcp if self._remote is not None else None
 
     def _sendable(self, host: str, port: int) -> Address | None:
         """The address as our socket can reach it; None for the hold address or port 0."""
@@ -206,12 +241,15 @@ class MediaSession:
         if self._rtcp_mux and looks_like_rtcp(data):
             self.receive_rtcp(data, addr, now)  # RFC 5761 §4: RTCP on the RTP port
             return
-        latched = self._latched
-        if latched is not None and (addr[1] != latched[1] or addr[0] != latched[0]):
-            self.foreign_packets += 1  # not our peer (RTP bleed, a stale call's stream)
-            return
         jitter = self._jitter
         if jitter is None or not self._receiving:
+            return
+        latch = self._latch
+        source = latch.source
+        known = source is not None and addr[1] == source[1] and addr[0] == source[0]
+        if not known and source is not None and self._srtp is None \
+                and not latch.is_expected(addr):
+            self.foreign_packets += 1  # not our peer (RTP bleed, a stale call's, an intruder)
             return
         srtp = self._srtp
         if srtp is not None:
@@ -229,14 +267,17 @@ class MediaSession:
         if pt != self._codec_pt and pt != self._dtmf_pt and pt != _COMFORT_NOISE_PT:
             self.unknown_pt += 1
             return
-        if latched is None and self._symmetric:
-            stale = self._stale
-            if stale is not None and addr[0] == stale[0] and addr[1] == stale[1]:
-                if now < self._stale_until:
+        if not known:
+            verdict = latch.admit(addr, packet.ssrc, packet.sequence, now,
+                                  authenticated=srtp is not None)
+            if verdict != "peer":
+                if verdict == "learning":
+                    self.learning_packets += 1
+                else:
                     self.foreign_packets += 1
-                    return
-                self._stale = None
-            self._latch(addr)
+                return
+            self._on_latched()
+        self._heard_from_peer(now)
         self.packets_in += 1
         self.bytes_in += len(data)
         stats = self._rx_stats
@@ -253,11 +294,18 @@ class MediaSession:
         if pt == self._dtmf_pt:
             self._deliver_dtmf(self._dtmf_rx.feed(packet, now))
 
-    def _latch(self, addr: Any) -> None:
-        self._latched = self._remote = (addr[0], addr[1])
-        if self._rtcp_mux:
-            self._remote_rtcp = self._latched
-        event(logger, "media.latched", call_id=self.call_id, remote=f"{addr[0]}:{addr[1]}")
+    def _on_latched(self) -> None:
+        source = self._latch.source
+        assert source is not None
+        self._route()
+        event(logger, "media.latched", call_id=self.call_id, remote=f"{source[0]}:{source[1]}",
+              learned=self._latch.learned)
+
+    def _heard_from_peer(self, now: float) -> None:
+        self._heard = now
+        if self._peer_silent:
+            self._peer_silent = False
+            event(logger, "media.peer_back", call_id=self.call_id)
 
     def _deliver_dtmf(self, digits: list[DtmfDigit]) -> None:
         for digit in digits:
@@ -284,10 +332,14 @@ class MediaSession:
         except RtcpError:
             self.malformed += 1
             return
+        if not self._latch.admit_rtcp(addr, authenticated=self._srtp is not None):
+            self.foreign_packets += 1  # reports from a stranger neither steer nor keep us
+            return
         self.rtcp_in += 1
-        if self._symmetric and not self._rtcp_latched and not self._rtcp_mux:
-            self._rtcp_latched = True
-            self._remote_rtcp = (addr[0], addr[1])
+        self._heard_from_peer(now)
+        if self._symmetric and self._rtcp_source is None and not self._rtcp_mux:
+            self._rtcp_source = (addr[0], addr[1])
+            self._route()
         for packet in packets:
             if isinstance(packet, SenderReport | ReceiverReport):
                 if isinstance(packet, SenderReport) and self._rx_stats is not None:
@@ -322,6 +374,14 @@ class MediaSession:
             # passed, so the far end sees a gap rather than audio arriving ever later.
             self._sender.skip(min(round((now - last) / 0.020) - 1, 500))
         remote = self._remote
+        if remote is not None and self._media_timeout and self._heard is not None \
+                and now - self._heard > self._media_timeout:
+            remote = None
+            self.silent_ticks += 1
+            if not self._peer_silent:
+                self._peer_silent = True
+                event(logger, "media.peer_silent", level=logging.WARNING, call_id=self.call_id,
+                      seconds=self._media_timeout)
         if self._sending and remote is not None:
             data = self._sender.packet()
             if self._srtp is not None:
@@ -333,7 +393,7 @@ class MediaSession:
         else:
             self._sender.skip()  # hold, or nowhere to send yet: media time runs on
         if now >= self._next_rtcp:
-            self.send_rtcp(now)
+            self.send_rtcp(now, quiet=self._peer_silent)
 
     def receive_due(self, now: float) -> None:
         """The receive phase: one frame to ``on_audio`` (concealed on loss), DTMF timeouts."""
@@ -404,12 +464,12 @@ class MediaSession:
     def queued_ms(self) -> int:
         return self._sender.queued_ms
 
-    def send_rtcp(self, now: float, *, bye: bool = False) -> None:
+    def send_rtcp(self, now: float, *, bye: bool = False, quiet: bool = False) -> None:
         """A compound SR or RR (RFC 3550 §6.4.1: SR when we sent since the last report) with
-        our CNAME, and a BYE when leaving."""
+        our CNAME, and a BYE when leaving. ``quiet``: the peer fell silent, send nothing."""
         self._next_rtcp = now + rtcp_interval()
         dest = self._remote_rtcp
-        if dest is None or self.negotiated is None:
+        if dest is None or self.negotiated is None or quiet:
             return
         rtp = self._sender.rtp
         blocks: tuple[ReportBlock, ...] = ()
@@ -436,12 +496,19 @@ class MediaSession:
 
     @property
     def latched_addr(self) -> Address | None:
-        return self._latched
+        """The peer's source address, once its packets proved it (strict RTP)."""
+        return self._latch.source
+
+    @property
+    def last_heard(self) -> float | None:
+        """``now`` of the peer's last RTP or RTCP packet (silence in RTP counts; its absence
+        does not), or of the answer if nothing came since; None before either."""
+        return self._heard
 
     @property
     def stats(self) -> dict[str, Any]:
         jb, rx, remote, srtp = self._jitter, self._rx_stats, self.remote_report, self._srtp
-        sender = self._sender
+        sender, latched = self._sender, self._latch.source
         return {
             "codec": self._spec.name if self._spec else None,
             "packets_in": self.packets_in, "bytes_in": self.bytes_in,
@@ -464,5 +531,6 @@ class MediaSession:
                                  if remote and jb else None),
             "rtt_ms": round(self.rtt_ms, 1) if self.rtt_ms is not None else None,
             "queued_ms": sender.queued_ms, "tx_overflow": sender.overflows,
-            "latched": f"{self._latched[0]}:{self._latched[1]}" if self._latched else None,
+            "learning_packets": self.learning_packets, "silent_ticks": self.silent_ticks,
+            "latched": f"{latched[0]}:{latched[1]}" if latched else None,
         }

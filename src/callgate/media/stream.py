@@ -47,14 +47,14 @@ class MediaStream:
 
     def __init__(self, bound: BoundPorts, port_pool: PortPool, tick: SendTick, *,
                  symmetric_rtp: bool, jitter_min_ms: int, jitter_max_ms: int,
-                 call_id: str | None) -> None:
+                 media_timeout: float, call_id: str | None) -> None:
         self.local_port = bound.port
         self.local_rtcp_port = bound.port + 1
         self.call_id = call_id
         self.session = MediaSession(
             self._transmit, ipv6_socket=bound.rtp.family == socket.AF_INET6,
             symmetric_rtp=symmetric_rtp, jitter_min_ms=jitter_min_ms,
-            jitter_max_ms=jitter_max_ms, call_id=call_id)
+            jitter_max_ms=jitter_max_ms, media_timeout=media_timeout, call_id=call_id)
         self._bound = bound
         self._pool = port_pool
         self._tick = tick
@@ -67,11 +67,14 @@ class MediaStream:
     @classmethod
     async def open(cls, *, bind_host: str, port_pool: PortPool, tick: SendTick,
                    symmetric_rtp: bool = True, jitter_min_ms: int = 40,
-                   jitter_max_ms: int = 200, call_id: str | None = None) -> MediaStream:
-        """Bind the RTP and RTCP sockets on the next free even/odd port pair."""
+                   jitter_max_ms: int = 200, media_timeout: float = 0.0,
+                   call_id: str | None = None) -> MediaStream:
+        """Bind the RTP and RTCP sockets on a free even/odd port pair. ``media_timeout``:
+        stop sending while the peer has sent nothing for that long (0: never stop)."""
         bound = port_pool.bind(bind_host)
         self = cls(bound, port_pool, tick, symmetric_rtp=symmetric_rtp,
-                   jitter_min_ms=jitter_min_ms, jitter_max_ms=jitter_max_ms, call_id=call_id)
+                   jitter_min_ms=jitter_min_ms, jitter_max_ms=jitter_max_ms,
+                   media_timeout=media_timeout, call_id=call_id)
         loop = asyncio.get_running_loop()
         try:
             rtp = _Endpoint(self.session.receive_rtp)
@@ -100,6 +103,17 @@ class MediaStream:
               remote=f"{negotiated.remote_addr[0]}:{negotiated.remote_addr[1]}",
               direction=negotiated.direction, srtp=negotiated.local_crypto is not None,
               rtcp_mux=negotiated.rtcp_mux)
+
+    def answered(self) -> None:
+        """The call is established (ACK received, or early media asked for): from now on the
+        SDP's address gets our media even before it sent any. Until then only a source that
+        sent the call's media does, so an INVITE alone cannot aim a stream at a third party."""
+        self.session.answered(time.monotonic())
+
+    @property
+    def last_heard(self) -> float | None:
+        """``time.monotonic()`` of the peer's last RTP or RTCP (or of the answer)."""
+        return self.session.last_heard
 
     def _lookup(self, host: str, port: int) -> None:
         if self._resolve is not None:

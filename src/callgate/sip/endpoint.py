@@ -28,6 +28,7 @@ from callgate.sip.events import (
     TransactionTerminated,
     TxKey,
 )
+from callgate.sip.limits import RequestGate, RequestLimits
 from callgate.sip.message import (
     Headers,
     Request,
@@ -94,12 +95,18 @@ class SipEndpoint:
     error_responses_sent, messages_dropped, stray_responses, retransmissions_absorbed,
     retransmissions, acks_absorbed, transactions_rejected, requests_sent, acks_sent).
     ``max_transactions`` bounds the table: past it, new requests get a stateless 503.
+    ``limits`` bounds what one source may send (rates, header counts); None: no rate limits.
+    ``overloaded``, set by the shell (e.g. file descriptors running out), names why new
+    INVITEs get a stateless 503 with Retry-After; None while all is well.
     """
 
     def __init__(self, *, sent_by: Mapping[str, Addr] | None = None,
                  timers: TimerConfig | None = None, max_transactions: int = 50_000,
-                 send_trying: bool = True) -> None:
+                 send_trying: bool = True, limits: RequestLimits | None = None) -> None:
         self.timers = timers or TimerConfig()
+        self.limits = limits or RequestLimits()
+        self._gate = RequestGate(limits) if limits is not None else None
+        self.overloaded: str | None = None
         self.max_transactions = max_transactions
         self.send_trying = send_trying
         self.sent_by: dict[str, Addr] = dict(sent_by or {})
@@ -160,7 +167,8 @@ class SipEndpoint:
         transport = transport.lower()
         self.stats["messages_received"] += 1
         try:
-            message = parse_message(data)
+            message = parse_message(data, max_headers=self.limits.max_headers,
+                                    max_header_line=self.limits.max_header_line)
         except SipParseError as exc:
             self._parse_error(exc, addr, transport)
             return
@@ -279,7 +287,9 @@ class SipEndpoint:
             self._after(tx)
             return
         if len(self.transactions) >= self.max_transactions:
-            self._reject_overload(request, addr, transport)
+            self._reject_overload(request, addr, transport, 5, "transactions")
+            return
+        if request.method != "CANCEL" and not self._admit(request, addr, transport, now):
             return
         target = _response_target(vias[0], addr, transport)
         if request.method == "CANCEL":
@@ -331,13 +341,34 @@ class SipEndpoint:
             tx.send_response(make_response(cancel, 481, to_tag=new_tag()), now)
         self._after(tx)
 
-    def _reject_overload(self, request: Request, addr: Addr, transport: str) -> None:
-        # Stateless 503 (§21.5.4): the table is full; Retry-After asks the peer to back off.
+    def _admit(self, request: Request, addr: Addr, transport: str, now: float) -> bool:
+        """New out-of-dialog requests pass the source's rate limit; INVITEs also need the
+        gateway not to be overloaded."""
+        if request.to.tag:
+            return True  # in a dialog the caller was already admitted to
+        if request.method == "INVITE" and self.overloaded is not None:
+            self._reject_overload(request, addr, transport, 10, self.overloaded)
+            return False
+        empty = self._gate.check(request.method, addr[0], now) if self._gate else None
+        if empty is None:
+            return True
+        self.stats["rate_limited"] += 1
+        if request.method == "INVITE":
+            self._reject_overload(request, addr, transport, empty.retry_after(), "rate limit")
+        else:  # a scanner learns nothing from silence
+            log_event(logger, "sip.rate_limited", logging.DEBUG, method=request.method,
+                      peer=_peer(addr))
+        return False
+
+    def _reject_overload(self, request: Request, addr: Addr, transport: str, retry_after: int,
+                         reason: str) -> None:
+        # Stateless 503 (§21.5.4); Retry-After asks the peer to back off.
         self.stats["transactions_rejected"] += 1
-        response = make_response(request, 503, to_tag=new_tag(), headers=[("Retry-After", "5")])
+        response = make_response(request, 503, to_tag=new_tag(),
+                                 headers=[("Retry-After", str(retry_after))])
         self.send(response.to_bytes(), *_response_target(request.vias[0], addr, transport))
         log_event(logger, "sip.overload", logging.WARNING, call_id=request.call_id,
-                  transactions=len(self.transactions))
+                  reason=reason, peer=_peer(addr), transactions=len(self.transactions))
 
     def _receive_response(self, response: Response, addr: Addr, now: float) -> None:
         self.stats["responses_received"] += 1

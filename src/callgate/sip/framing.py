@@ -37,6 +37,11 @@ class StreamFramer:
                 return out
             out.append(message)
 
+    @property
+    def pending(self) -> int:
+        """Bytes of a message that has begun but is not complete."""
+        return len(self._buf)
+
     def take_pings(self) -> int:
         """How many CRLFCRLF keep-alive pings arrived since the last call; the transport owes a
         CRLF pong for each (RFC 5626 §4.4.1)."""

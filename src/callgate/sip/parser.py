@@ -47,8 +47,11 @@ _DATE_RE = re.compile(
 )
 
 
-def parse_message(data: bytes) -> Request | Response:
-    """Parse one framed message. Raises :class:`SipParseError` (only) on malformed input."""
+def parse_message(data: bytes, *, max_headers: int = 128,
+                  max_header_line: int = 8192) -> Request | Response:
+    """Parse one framed message. Raises :class:`SipParseError` (only) on malformed input:
+    a request with more than ``max_headers`` header fields gets a 413, one with a header
+    field longer than ``max_header_line`` (after unfolding) a 400, before any is read."""
     data = data.lstrip(b"\r\n")
     end = data.find(b"\r\n\r\n")
     sep_len = 4
@@ -66,8 +69,11 @@ def parse_message(data: bytes) -> Request | Response:
     text = head_bytes.decode("utf-8", "surrogateescape")
     if len(head_bytes.translate(None, _CTL_BYTES)) != len(head_bytes) and _CTL_RE.search(text):
         raise SipParseError("control character in the header section")
-    start_line, headers = _parse_head(text)
+    start_line, headers, longest = _parse_head(text)
+    over = _over_limits(len(headers), longest, max_headers, max_header_line)
     if start_line[:4].upper() == "SIP/":
+        if over is not None:
+            raise over
         response = _parse_status_line(start_line, headers)
         response.body = _frame_body(headers, body)
         check_structure(response, None)
@@ -79,6 +85,8 @@ def parse_message(data: bytes) -> Request | Response:
         raise
     request = Request(method, uri, headers, body, version)
     try:
+        if over is not None:
+            raise over
         if version != "SIP/2.0":
             raise SipParseError(f"unsupported SIP version {version}", 505)
         if isinstance(uri, SipUri) and uri.headers:
@@ -92,7 +100,17 @@ def parse_message(data: bytes) -> Request | Response:
     return request
 
 
-def _parse_head(head: str) -> tuple[str, Headers]:
+def _over_limits(count: int, longest: int, max_headers: int,
+                 max_header_line: int) -> SipParseError | None:
+    if count > max_headers:
+        return SipParseError(f"{count} header fields, more than {max_headers}", 413)
+    if longest > max_header_line:
+        return SipParseError(f"a header field of {longest} characters, more than "
+                             f"{max_header_line}", 400)
+    return None
+
+
+def _parse_head(head: str) -> tuple[str, Headers, int]:
     if "\n " in head or "\n\t" in head:
         head = _FOLD_RE.sub(" ", head)
     if "\r\n" in head:
@@ -114,7 +132,7 @@ def _parse_head(head: str) -> tuple[str, Headers]:
         if known is None:
             known = _header_name(name)
         items.append((known[0], known[1], value.strip(" \t")))
-    return lines[0], Headers._from_lines(items)
+    return lines[0], Headers._from_lines(items), max(map(len, lines[1:]), default=0)
 
 
 def _header_name(raw: str) -> tuple[str, str]:

@@ -9,6 +9,13 @@ in on (RFC 3261 §18.2.2) and requests to a peer reuse it or open one.
 
 Addresses handed to the shell must be IP literals: name resolution (RFC 3263) is the TU's job,
 so nothing here ever blocks on DNS. No exception escapes to the event loop.
+
+What a few hosts can take from it is bounded (:class:`StreamLimits`): connections per source
+address and in all; a message must be complete within ``message_deadline`` of its first byte
+(and a connection we accepted must deliver its first message that soon), so a byte every few
+seconds holds nothing open; and while file descriptors run short the endpoint answers new
+INVITEs 503 with Retry-After and new connections are refused, rather than calls failing
+half-way when a socket cannot be had.
 """
 
 from __future__ import annotations
@@ -17,9 +24,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
+import resource
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from callgate.log import event as log_event
@@ -37,6 +48,31 @@ UDP_RECEIVE_BUFFER = 8 << 20
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; absent from some builds
 
 EventCallback = Callable[[Event], None]
+
+# How often the descriptor count is looked at (a /proc listing), and how many must stay free
+# for the RTP sockets, webhook and API connections of calls being set up.
+FD_CHECK_INTERVAL = 1.0
+FD_RESERVE = 64
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """Bounds on TCP/TLS connections (see the module docstring)."""
+
+    max_connections: int = 4096
+    max_connections_per_source: int = 64
+    idle_timeout: float = 300.0
+    message_deadline: float = 10.0
+
+
+def descriptors_free() -> int:
+    """File descriptors this process may still open (soft RLIMIT_NOFILE minus open ones)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return soft  # no /proc: nothing to go by
+    return soft - used
 
 
 def _addr(raw: tuple[object, ...]) -> Addr:
@@ -82,6 +118,10 @@ class _StreamProtocol(asyncio.Protocol):
         self.closed: asyncio.Future[None] = manager.loop.create_future()
         self._last_activity = manager.loop.time()
         self._idle: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self.inbound = peer is None
+        self.spoke = not self.inbound  # a connection we opened owes us nothing
+        self.registered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -91,6 +131,7 @@ class _StreamProtocol(asyncio.Protocol):
             self.transport.abort()
             return
         self._arm_idle()
+        self._watch_deadline()
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self.manager.loop.time()
@@ -105,14 +146,40 @@ class _StreamProtocol(asyncio.Protocol):
         pings = self.framer.take_pings()
         if pings:
             self.write(b"\r\n" * pings)  # RFC 5626 §4.4.1: a CRLF "pong" for each ping
+        if messages:
+            self.spoke = True
+            if self._deadline is not None:  # a new clock for the next message, if begun
+                self._deadline.cancel()
+                self._deadline = None
+        self._watch_deadline()
         for message in messages:
             if self.peer is not None:
                 self.manager._feed(message, self.peer, self.name)
 
+    def _watch_deadline(self) -> None:
+        """The first byte of a message starts its clock; so does accepting a connection,
+        since whoever connects to us has something to say (keep-alive CRLFs do not count)."""
+        waiting = self.framer.pending > 0 or not self.spoke
+        if not waiting and self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        elif waiting and self._deadline is None:
+            loop = self.manager.loop
+            self._deadline = loop.call_at(loop.time() + self.manager.limits.message_deadline,
+                                          self._missed_deadline)
+
+    def _missed_deadline(self) -> None:
+        self._deadline = None
+        log_event(logger, "sip.message_deadline", logging.INFO, transport=self.name,
+                  peer=self._peer_text(), pending=self.framer.pending,
+                  seconds=self.manager.limits.message_deadline)
+        self.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        for handle in (self._idle, self._deadline):
+            if handle is not None:
+                handle.cancel()
+        self._idle = self._deadline = None
         self.manager._unregister(self)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -134,12 +201,12 @@ class _StreamProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _arm_idle(self) -> None:
-        deadline = self._last_activity + self.manager.idle_timeout
+        deadline = self._last_activity + self.manager.limits.idle_timeout
         self._idle = self.manager.loop.call_at(deadline, self._check_idle)
 
     def _check_idle(self) -> None:
         self._idle = None
-        if self.manager.loop.time() - self._last_activity >= self.manager.idle_timeout:
+        if self.manager.loop.time() - self._last_activity >= self.manager.limits.idle_timeout:
             log_event(logger, "sip.connection_idle", logging.DEBUG, transport=self.name,
                       peer=self._peer_text())
             self.abort()
@@ -164,19 +231,22 @@ class SipTransportManager:
     """
 
     def __init__(self, endpoint: SipEndpoint, on_event: EventCallback, *,
-                 idle_timeout: float = 300.0, max_message_size: int = 65535,
-                 max_write_buffer: int = 1 << 20, max_connections: int = 10_000,
+                 limits: StreamLimits | None = None, max_message_size: int = 65535,
+                 max_write_buffer: int = 1 << 20,
                  tls_client_context: ssl.SSLContext | None = None,
-                 public_host: str | None = None) -> None:
+                 public_host: str | None = None,
+                 descriptors: Callable[[], int] = descriptors_free) -> None:
         self.endpoint = endpoint
         self.public_host = public_host
         self.on_event = on_event
         self.loop = asyncio.get_running_loop()
-        self.idle_timeout = idle_timeout
+        self.limits = limits or StreamLimits()
         self.max_message_size = max_message_size
         self.max_write_buffer = max_write_buffer
-        self.max_connections = max_connections
         self.tls_client_context = tls_client_context
+        self._descriptors = descriptors
+        self._per_source: Counter[str] = Counter()
+        self._fd_check_at = 0.0
         self.local_addresses: dict[str, list[Addr]] = {}
         self._udp: list[asyncio.DatagramTransport] = []
         self._servers: list[asyncio.Server] = []
@@ -266,7 +336,22 @@ class SipTransportManager:
 
     # -- the core loop -------------------------------------------------------------------------
 
+    def _check_descriptors(self) -> bool:
+        """True while descriptors are plentiful; tells the endpoint when they are not. Looked
+        at once a second at most, when something arrives."""
+        now = self.loop.time()
+        if now >= self._fd_check_at:
+            self._fd_check_at = now + FD_CHECK_INTERVAL
+            free = self._descriptors()
+            short = free < FD_RESERVE
+            if short != (self.endpoint.overloaded is not None):
+                log_event(logger, "sip.descriptors_short" if short else "sip.descriptors_ok",
+                          logging.WARNING if short else logging.INFO, free=free)
+            self.endpoint.overloaded = "file descriptors running out" if short else None
+        return self.endpoint.overloaded is None
+
     def _feed(self, data: bytes, addr: Addr, transport: str) -> None:
+        self._check_descriptors()
         try:
             self.endpoint.receive(data, addr, transport, self.loop.time())
         except Exception as exc:  # a bug must not take the listener down
@@ -369,18 +454,38 @@ class SipTransportManager:
     def _register(self, conn: _StreamProtocol) -> bool:
         if self._closed or conn.peer is None:
             return False
-        if len(self._connections) >= self.max_connections:
-            log_event(logger, "sip.connection_limit", logging.WARNING, transport=conn.name)
-            return False
+        source = conn.peer[0]
+        limits = self.limits
+        if conn.inbound:
+            refusal = None
+            if len(self._connections) >= limits.max_connections:
+                refusal = "connections"
+            elif self._per_source[source] >= limits.max_connections_per_source:
+                refusal = "connections_per_source"
+            elif not self._check_descriptors():
+                refusal = "descriptors"
+            if refusal is not None:
+                log_event(logger, "sip.connection_refused", logging.WARNING, transport=conn.name,
+                          peer=f"{source}:{conn.peer[1]}", limit=refusal)
+                return False
         key = (conn.name, conn.peer)
         self._connections[key] = conn
+        self._per_source[source] += 1
+        conn.registered = True
         for data in self._connecting.pop(key, []):
             conn.write(data)
         return True
 
     def _unregister(self, conn: _StreamProtocol) -> None:
-        if conn.peer is not None and self._connections.get((conn.name, conn.peer)) is conn:
+        if conn.peer is None or not conn.registered:
+            return
+        conn.registered = False
+        if self._connections.get((conn.name, conn.peer)) is conn:
             del self._connections[(conn.name, conn.peer)]
+        source = conn.peer[0]
+        self._per_source[source] -= 1
+        if self._per_source[source] <= 0:
+            del self._per_source[source]
 
     # -- shutdown ------------------------------------------------------------------------------
 
