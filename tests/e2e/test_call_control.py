@@ -110,15 +110,20 @@ def test_errors_have_openai_shapes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("behaviour", ["500", "down"])
 def test_broken_receiver_does_not_leak_the_call(tmp_path: Path, behaviour: str) -> None:
-    # Nobody accepts: after the accept timeout the caller gets 480 and the call is gone.
+    # A receiver that fails (500) is retried while the call rings, then the accept timeout
+    # gives the caller 480. One that cannot be reached at all (nothing listens on port 9)
+    # cannot take the call: after the retries the caller gets 503 at once, not at the timeout.
     receiver = Receiver("http://unused/v1", lambda client, call_id: None, status=500)
     port = receiver.port if behaviour == "500" else 9
-    with _gateway(tmp_path, port, accept_timeout="2") as gw:
+    with _gateway(tmp_path, port, accept_timeout="10" if behaviour == "down" else "2") as gw:
         if behaviour == "500":
             with receiver:
                 result = sipp(gw, "uac_unanswered", tmp_path, timeout=20)
             assert len(receiver.events) >= 2  # retried with backoff while ringing
+            assert any("new=timed_out" in line for line in gw.events("call.state"))
         else:
-            result = sipp(gw, "uac_unanswered", tmp_path, timeout=20)
+            started = time.monotonic()
+            result = sipp(gw, "uac_unavailable", tmp_path, timeout=20)
+            assert time.monotonic() - started < 8, "the call rang on to the accept timeout"
+            assert any("webhook not delivered" in line for line in gw.events("call.state"))
         assert result.returncode == 0, result.output
-        assert any("new=timed_out" in line for line in gw.events("call.state"))

@@ -158,9 +158,7 @@ async def _hijack() -> tuple[Udp, Udp, dict[str, Any]]:
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.5)
         assert gw.calls is not None
-        call = next(iter(gw.calls.calls.values()))
-        assert call.media is not None
-        stats = call.media.stats
+        stats = next(iter(gw.calls.media.values())).stats
         caller.close()
         caller_rtp.close()
         intruder.close()
