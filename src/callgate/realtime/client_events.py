@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from callgate.realtime.items import normalize_item
 from callgate.realtime.protocol import ClientEvent, ProtocolError
 from callgate.realtime.responses import ResponseParams
-from callgate.realtime.session_config import apply_update, to_engine_config
+from callgate.realtime.session_config import apply_update, shown, to_engine_config
 
 if TYPE_CHECKING:
     from callgate.realtime.session import RealtimeSession
@@ -38,7 +38,7 @@ async def _session_update(session: RealtimeSession, ev: ClientEvent) -> None:
                                   standalone=session.output is None)
     session.reconfigure_turns()
     await session.engine.update(to_engine_config(session.config))
-    session.emit({"type": "session.updated", "session": copy.deepcopy(session.config)})
+    session.emit({"type": "session.updated", "session": shown(session.config)})
 
 
 async def _append(session: RealtimeSession, ev: ClientEvent) -> None:

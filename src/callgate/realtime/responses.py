@@ -34,6 +34,7 @@ from callgate.engines.base import (
 from callgate.log import event
 from callgate.realtime.items import Conversation
 from callgate.realtime.protocol import engine_error_event, new_id
+from callgate.realtime.session_config import voice_name
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def engine_request(params: ResponseParams, items: list[dict[str, Any]]) -> Respo
         conversation=[copy.deepcopy(i) for i in items],
         tools=[t for t in params.tools if t.get("type", "function") == "function"],
         tool_choice=params.tool_choice,
-        voice=params.voice.get("id") if isinstance(params.voice, dict) else params.voice,
+        voice=voice_name(params.voice),
         speed=params.speed,
         max_output_tokens=max_tokens if isinstance(max_tokens, int) else None,
         output_modalities=tuple(params.output_modalities))
@@ -340,7 +341,7 @@ class ResponseRun:
             "output_modalities": list(self.params.output_modalities),
             "max_output_tokens": self.params.max_output_tokens,
             "audio": {"output": {"format": dict(self.params.audio_format),
-                                 "voice": self.params.voice}},
+                                 "voice": voice_name(self.params.voice)}},
             "usage": _usage(self._engine_done.usage if self._engine_done else {}) if done
             else None,
             "metadata": self.params.metadata,

@@ -41,7 +41,12 @@ from callgate.realtime.responses import (
     Timeline,
     engine_request,
 )
-from callgate.realtime.session_config import apply_update, default_session, to_engine_config
+from callgate.realtime.session_config import (
+    apply_update,
+    default_session,
+    shown,
+    to_engine_config,
+)
 from callgate.realtime.subscribers import Subscription
 from callgate.realtime.transcription import transcribe
 from callgate.realtime.turns import (
@@ -137,7 +142,7 @@ class RealtimeSession:
         """A new observer; its first event is ``session.created``."""
         sub = Subscription(self._unsubscribe)
         sub.put({"type": "session.created", "event_id": new_id("event"),
-                 "session": copy.deepcopy(self.config)})
+                 "session": shown(self.config)})
         if self.closed:
             sub.close()
         else:
@@ -283,8 +288,9 @@ class RealtimeSession:
                    "item": copy.deepcopy(item)})
 
     def transcribe(self, item_id: str, pcm: bytes, timeline: Timeline | None = None) -> None:
-        task = self.spawn(transcribe(self.engine, self.conversation, self.emit, item_id, pcm,
-                                     timeline))
+        shown = self.config["audio"]["input"].get("transcription") is not None
+        task = self.spawn(transcribe(self.engine, self.conversation,
+                                     self.emit if shown else None, item_id, pcm, timeline))
         self._transcriptions[item_id] = task
         task.add_done_callback(lambda _: self._transcriptions.pop(item_id, None))
 

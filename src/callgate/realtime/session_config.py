@@ -13,6 +13,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from openai.types.realtime.realtime_session_create_response import (
+    RealtimeSessionCreateResponse,
+)
+
 from callgate.realtime.protocol import ProtocolError
 
 DEFAULT_INSTRUCTIONS = (
@@ -22,6 +26,9 @@ DEFAULT_INSTRUCTIONS = (
 SESSION_LIFETIME_S = 60 * 60  # reported in expires_at, as OpenAI reports its session limit
 PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": 24000}
 
+# Unlike OpenAI (off unless asked for), callgate transcribes every user turn anyway (its
+# language model reads text), so transcripts are shown by default; ``null`` turns them off.
+TRANSCRIPTION_DEFAULTS: dict[str, Any] = {"model": "whisper-1"}
 SERVER_VAD_DEFAULTS: dict[str, Any] = {
     "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
     "silence_duration_ms": 500, "idle_timeout_ms": None, "create_response": True,
@@ -53,7 +60,7 @@ def default_session(session_id: str, model: str, now_unix: float) -> dict[str, A
         "expires_at": int(now_unix) + SESSION_LIFETIME_S,
         "include": None,
         "audio": {
-            "input": {"format": dict(PCM_FORMAT), "transcription": None,
+            "input": {"format": dict(PCM_FORMAT), "transcription": dict(TRANSCRIPTION_DEFAULTS),
                       "noise_reduction": None, "turn_detection": dict(SERVER_VAD_DEFAULTS)},
             "output": {"format": dict(PCM_FORMAT), "voice": "alloy", "speed": 1.0},
         },
@@ -117,6 +124,24 @@ def complete_turn_detection(value: dict[str, Any] | None) -> dict[str, Any] | No
     defaults = SERVER_VAD_DEFAULTS if value.get("type") == "server_vad" else \
         SEMANTIC_VAD_DEFAULTS
     return {**defaults, **value}
+
+
+def voice_name(voice: Any) -> str:
+    """A voice by name: a custom voice (``{"id": "voice_…"}``) by its id, as the session and
+    response objects (which type the voice as a string) show it."""
+    return str(voice["id"]) if isinstance(voice, dict) else str(voice)
+
+
+def shown(session: dict[str, Any]) -> dict[str, Any]:
+    """The session as ``session.created``/``session.updated`` show it: the fields of the SDK's
+    session object. Settings the request takes but the object lacks (``parallel_tool_calls``)
+    still apply; a strict client would refuse an event that showed them."""
+    out = {key: copy.deepcopy(value) for key, value in session.items()
+           if key in RealtimeSessionCreateResponse.model_fields}
+    output = out["audio"]["output"]
+    if output.get("voice") is not None:
+        output["voice"] = voice_name(output["voice"])
+    return out
 
 
 def to_engine_config(session: dict[str, Any]) -> dict[str, Any]:
