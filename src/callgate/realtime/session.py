@@ -289,8 +289,8 @@ class RealtimeSession:
 
     def transcribe(self, item_id: str, pcm: bytes, timeline: Timeline | None = None) -> None:
         shown = self.config["audio"]["input"].get("transcription") is not None
-        task = self.spawn(transcribe(self.engine, self.conversation,
-                                     self.emit if shown else None, item_id, pcm, timeline))
+        task = self.spawn(transcribe(self.engine, self.conversation, self.emit, item_id, pcm,
+                                     timeline, shown=shown))
         self._transcriptions[item_id] = task
         task.add_done_callback(lambda _: self._transcriptions.pop(item_id, None))
 

@@ -4,7 +4,7 @@ Cascade engines need the text (the language model reads the conversation as text
 committed audio item is transcribed, whether or not the client configured
 ``audio.input.transcription``. The ``conversation.item.input_audio_transcription.*`` events
 tell the client what was understood only while transcription is on: ``transcription: null``
-turns them off, as it does at OpenAI (``emit`` is then None).
+turns them off, as it does at OpenAI (``shown`` is then False).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from callgate.realtime.responses import Emit, Timeline
 logger = logging.getLogger(__name__)
 
 
-async def transcribe(engine: Engine, conversation: Conversation, emit: Emit | None,
-                     item_id: str, pcm: bytes, timeline: Timeline | None) -> None:
+async def transcribe(engine: Engine, conversation: Conversation, emit: Emit, item_id: str,
+                     pcm: bytes, timeline: Timeline | None, *, shown: bool = True) -> None:
     """Run ``engine.transcribe`` on ``pcm``; the transcript lands in the item, never raises."""
     parts: list[str] = []
     final: str | None = None
@@ -30,7 +30,7 @@ async def transcribe(engine: Engine, conversation: Conversation, emit: Emit | No
         async for ev in engine.transcribe(pcm):
             if isinstance(ev, TranscriptDelta) and ev.text:
                 parts.append(ev.text)
-                if emit is not None:
+                if shown:
                     emit({"type": "conversation.item.input_audio_transcription.delta",
                           "item_id": item_id, "content_index": 0, "delta": ev.text})
             elif isinstance(ev, TranscriptDone):
@@ -51,7 +51,7 @@ async def transcribe(engine: Engine, conversation: Conversation, emit: Emit | No
     item = conversation.get(item_id)
     if item is not None:
         item["content"][0]["transcript"] = "" if failure else text
-    if emit is None:
+    if not shown:
         return
     if failure is not None:
         emit({"type": "conversation.item.input_audio_transcription.failed",
