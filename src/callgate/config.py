@@ -191,6 +191,11 @@ class Settings(BaseSettings):
             return name, routes[self.default_model]
         return None
 
+    def same_engine(self, first: str, second: str) -> bool:
+        """Whether two model names are served by the same engine route."""
+        a, b = self.resolve_model(first), self.resolve_model(second)
+        return a is not None and b is not None and a[1] is b[1]
+
     @classmethod
     def settings_customise_sources(
         cls,

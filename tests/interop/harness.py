@@ -68,7 +68,8 @@ async def gateway(replies: list[Reply]) -> AsyncIterator[Gateway]:
         async def engine_factory(model: str) -> Engine:
             return await create_engine(model, settings)
 
-        registry = SessionRegistry(engine_factory, vad_factory=EnergyVad)
+        registry = SessionRegistry(engine_factory, vad_factory=EnergyVad,
+                                   same_engine=settings.same_engine)
         app = FastAPI()
         app.include_router(make_realtime_router(registry, settings))
         sock = socket.socket()

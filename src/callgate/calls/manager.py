@@ -26,7 +26,7 @@ from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool, PortsExhausted
 from callgate.media.srtp import new_crypto
 from callgate.media.stream import MediaStream
-from callgate.realtime import ProtocolError, validate_session
+from callgate.realtime import ProtocolError, check_engine, validate_session
 from callgate.realtime.registry import SessionRegistry
 from callgate.realtime.session import RealtimeSession
 from callgate.sip.message import make_response
@@ -177,6 +177,11 @@ class CallManager:
             raise InvalidCallRequest(str(exc), param="model") from None
         except Exception as exc:  # e.g. an upstream Realtime server that is down
             raise CallFailed(f"The model {model!r} is not available: {exc}") from None
+        try:  # a setting the engine cannot carry out: 400 naming it, not a silent ignore
+            check_engine(session, engine)
+        except ProtocolError as exc:
+            await engine.aclose()
+            raise InvalidCallRequest(exc.message, param=exc.param) from None
         media: MediaStream | None = None
         try:
             media = await MediaStream.open(
@@ -255,7 +260,7 @@ class CallManager:
     async def _start_session(self, call: Call, config: dict[str, Any], engine: Engine,
                              media: MediaStream) -> None:
         rt = RealtimeSession(config=config, engine=engine, call_id=call.id,
-                             output=LineOutput(media))
+                             output=LineOutput(media), same_engine=self.settings.same_engine)
         call.session = rt
         self.sessions.add(rt)
         media.on_audio = rt.feed_audio

@@ -121,6 +121,12 @@ class Engine(ABC):
     async def start(self, session: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Called once with the session config before any audio flows."""
 
+    def unsupported(self, session: dict[str, Any]) -> tuple[str, str] | None:
+        """A setting of ``session`` (the GA session object) this engine cannot carry out, as
+        (dotted GA path, why), or None. The session refuses such a setting with an error that
+        names it, instead of accepting it and carrying on without it."""
+        return None
+
     def stages(self) -> dict[str, str]:
         """What runs each stage, for the start-up log; empty where there are none."""
         return {}

@@ -48,6 +48,7 @@ from callgate.engines.llm import (
 )
 from callgate.engines.stt import WhisperTranscriber
 from callgate.engines.supervisor import WorkerCrashed, WorkerProcess
+from callgate.engines.support import cascade_unsupported
 from callgate.engines.threads import closing
 from callgate.engines.tts import PiperSpeech
 from callgate.log import event
@@ -94,6 +95,9 @@ class CascadeEngine(Engine):
 
     def __init__(self, *, stt: Transcriber, llm: ChatModel, tts: Speaker, name: str) -> None:
         self.stt, self.llm, self.tts, self.name = stt, llm, tts, name
+
+    def unsupported(self, session: dict[str, Any]) -> tuple[str, str] | None:
+        return cascade_unsupported(session, stt_language=getattr(self.stt, "language", None))
 
     def stages(self) -> dict[str, str]:
         """What runs each stage (for the start-up log: which LLM is this, really?)."""

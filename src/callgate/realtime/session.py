@@ -42,7 +42,9 @@ from callgate.realtime.responses import (
     engine_request,
 )
 from callgate.realtime.session_config import (
+    SameEngine,
     apply_update,
+    check_engine,
     default_session,
     shown,
     to_engine_config,
@@ -68,8 +70,10 @@ MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms of audio
 class RealtimeSession:
     def __init__(self, *, config: dict[str, Any], engine: Engine, call_id: str | None = None,
                  output: AudioOutput | None = None, vad: VoiceActivity | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """``config``: a GA session object (the ``/accept`` body); raises ProtocolError."""
+                 clock: Callable[[], float] = time.monotonic,
+                 same_engine: SameEngine | None = None) -> None:
+        """``config``: a GA session object (the ``/accept`` body); raises ProtocolError, also
+        for a setting that ``engine`` cannot carry out."""
         given = validate_session({"type": "realtime", **config})
         self.session_id = new_id("sess")
         self.call_id = call_id
@@ -83,6 +87,8 @@ class RealtimeSession:
             default_session(self.session_id, str(config.get("model") or "local"), time.time()),
             given, standalone=output is None)
         self.config["model"] = str(config.get("model") or self.config["model"])
+        check_engine(self.config, engine)
+        self.same_engine = same_engine
         self.conversation = Conversation()
         self.buffer = InputAudioBuffer()
         self.detector: TurnDetector | None = None

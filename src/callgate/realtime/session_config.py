@@ -11,13 +11,19 @@ turn detection object given is completed with the defaults of its type.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from openai.types.realtime.realtime_session_create_response import (
     RealtimeSessionCreateResponse,
 )
 
+from callgate.config import OPENAI_MODEL_PREFIXES
+from callgate.engines.base import Engine
 from callgate.realtime.protocol import ProtocolError
+
+# Whether two model names select the same engine (Settings.same_engine).
+SameEngine = Callable[[str, str], bool]
 
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful, friendly voice assistant on a phone call. Keep answers short and "
@@ -71,7 +77,8 @@ def apply_update(current: dict[str, Any], update: dict[str, Any], *,
                  standalone: bool) -> dict[str, Any]:
     """The session after ``update`` (validated ``session`` of a ``session.update``).
 
-    ``model`` is kept: the engine behind a session is chosen once, when it starts.
+    ``model`` is left to :func:`change_model`: the engine behind a session is chosen once,
+    when it starts.
     Standalone sessions carry their audio on the socket and speak only ``audio/pcm`` at
     24 kHz; call sessions get their audio from the phone line, whose codec SDP negotiated,
     so any format is accepted there and only reported back.
@@ -116,6 +123,40 @@ def apply_update(current: dict[str, Any], update: dict[str, Any], *,
         raise ProtocolError("threshold must be between 0.0 and 1.0.",
                             param="session.audio.input.turn_detection.threshold")
     return new
+
+
+def change_model(current: str, wanted: str, same_engine: SameEngine | None) -> str:
+    """The session's model after a ``session.update`` that names ``wanted``.
+
+    The engine behind a session is chosen when it starts, so a name served by another engine
+    is refused; a name served by the same one (OpenAI's realtime names are aliases of the
+    default engine) is taken. Without ``same_engine``, only OpenAI's names are known to share
+    one.
+    """
+    if wanted == current:
+        return current
+    if same_engine is not None:
+        same = same_engine(current, wanted)
+    else:
+        same = current.startswith(OPENAI_MODEL_PREFIXES) and \
+            wanted.startswith(OPENAI_MODEL_PREFIXES)
+    if not same:
+        raise ProtocolError(
+            f"The model cannot change during a session: this session runs {current!r}, and "
+            f"{wanted!r} is not served by the same engine. Start a new session (or accept "
+            f"the call) with model {wanted!r}.", code="model_change_unsupported",
+            param="session.model")
+    return wanted
+
+
+def check_engine(session: dict[str, Any], engine: Engine) -> None:
+    """Refuse a setting that the session's engine cannot carry out, naming it."""
+    refused = engine.unsupported(session)
+    if refused is not None:
+        path, why = refused
+        raise ProtocolError(f"'session.{path}' is not supported with model "
+                            f"{session.get('model')!r}: {why}.", code="unsupported_for_model",
+                            param=f"session.{path}")
 
 
 def complete_turn_detection(value: dict[str, Any] | None) -> dict[str, Any] | None:

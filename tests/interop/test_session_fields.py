@@ -1,0 +1,101 @@
+"""Every GA session setting takes effect or is refused with an error naming it, driven
+through the official openai SDK against a cascade engine (openai-compatible, its stages on
+the test peer). docs/session-fields.md lists these rows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from openai import AsyncOpenAI
+
+from .harness import API_KEY, INSTRUCTIONS, Gateway, gateway, system_prompts
+
+pytestmark = pytest.mark.anyio
+
+MCP_TOOL = {"type": "mcp", "server_label": "clinic", "server_url": "http://127.0.0.1:9/mcp"}
+REFUSED: list[tuple[dict[str, Any], str]] = [
+    ({"prompt": {"id": "pmpt_123"}}, "session.prompt"),
+    ({"include": ["item.input_audio_transcription.logprobs"]}, "session.include"),
+    ({"reasoning": {"effort": "low"}}, "session.reasoning"),
+    ({"parallel_tool_calls": False}, "session.parallel_tool_calls"),
+    ({"tools": [MCP_TOOL]}, "session.tools[0].type"),
+    ({"tool_choice": {"type": "mcp", "server_label": "clinic"}}, "session.tool_choice.type"),
+    ({"audio": {"input": {"noise_reduction": {"type": "near_field"}}}},
+     "session.audio.input.noise_reduction"),
+    ({"audio": {"input": {"transcription": {"model": "my-asr"}}}},
+     "session.audio.input.transcription.model"),
+    ({"audio": {"input": {"transcription": {"model": "whisper-1", "language": "fr"}}}},
+     "session.audio.input.transcription.language"),
+    ({"audio": {"input": {"transcription": {"model": "whisper-1", "prompt": "Elm"}}}},
+     "session.audio.input.transcription.prompt"),
+    ({"audio": {"output": {"voice": {"id": "voice_123"}}}}, "session.audio.output.voice"),
+    ({"model": "no-such-model"}, "session.model"),
+]
+
+
+async def events_until(connection: Any, kind: str, timeout: float = 5.0
+                       ) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    while True:
+        raw = await asyncio.wait_for(connection.recv_bytes(), timeout)
+        seen.append(json.loads(raw))
+        if seen[-1]["type"] == kind:
+            return seen
+
+
+def client(gw: Gateway) -> AsyncOpenAI:
+    return AsyncOpenAI(api_key=API_KEY, base_url=gw.base_url,
+                       websocket_base_url=gw.base_url.replace("http://", "ws://", 1),
+                       max_retries=0)
+
+
+@pytest.mark.parametrize(("update", "param"), REFUSED, ids=[p for _, p in REFUSED])
+async def test_a_setting_the_engine_cannot_carry_out_is_refused(update: dict[str, Any],
+                                                                param: str) -> None:
+    async with gateway([]) as gw:
+        sdk = client(gw)
+        async with sdk.realtime.connect(model="gpt-realtime") as conn:
+            created = await events_until(conn, "session.created")
+            before = created[-1]["session"]
+            await conn.session.update(session={"type": "realtime", **update})
+            error = (await events_until(conn, "error"))[-1]["error"]
+            assert error["param"] == param, error
+            assert error["code"] in ("unsupported_for_model", "model_change_unsupported")
+            assert param.removeprefix("session.").split(".")[0].split("[")[0] in \
+                error["message"] or "model" in error["message"]
+            # nothing of the refused update took effect
+            await conn.session.update(session={"type": "realtime", "instructions": "x"})
+            after = (await events_until(conn, "session.updated"))[-1]["session"]
+            assert {k: v for k, v in after.items() if k != "instructions"} == \
+                {k: v for k, v in before.items() if k != "instructions"}
+        await sdk.close()
+
+
+async def test_settings_the_engine_carries_out() -> None:
+    async with gateway([]) as gw:
+        sdk = client(gw)
+        async with sdk.realtime.connect(model="gpt-realtime") as conn:
+            await events_until(conn, "session.created")
+            await conn.session.update(session={
+                "type": "realtime", "model": "gpt-realtime-mini", "instructions": INSTRUCTIONS,
+                "tracing": "auto", "max_output_tokens": 50, "output_modalities": ["text"],
+                "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"},
+                                    "noise_reduction": None}}})
+            events = await events_until(conn, "session.updated")
+            assert not [e for e in events if e["type"] == "error"], events
+            session = events[-1]["session"]
+            # a realtime name of the same engine is taken; tracing is shown (and ignored)
+            assert session["model"] == "gpt-realtime-mini" and session["tracing"] == "auto"
+            await conn.conversation.item.create(item={
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "Hello?"}]})
+            await conn.response.create()
+            done = (await events_until(conn, "response.done"))[-1]["response"]
+            assert done["status"] == "completed", done
+            assert done["output"][0]["content"][0]["type"] == "output_text"
+        await sdk.close()
+        (request,) = gw.chat_requests()
+        assert INSTRUCTIONS in system_prompts(request) and request["max_tokens"] == 50
