@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from openai import AsyncOpenAI
 
+from tests.engines.peer import Reply
+
 from .harness import API_KEY, INSTRUCTIONS, Gateway, gateway, system_prompts
 
 pytestmark = pytest.mark.anyio
@@ -99,3 +101,33 @@ async def test_settings_the_engine_carries_out() -> None:
         await sdk.close()
         (request,) = gw.chat_requests()
         assert INSTRUCTIONS in system_prompts(request) and request["max_tokens"] == 50
+
+
+async def test_function_call_arguments_stream_as_the_model_writes_them() -> None:
+    arguments = '{"day": "Monday", "detail": "morning"}'
+    async with gateway([Reply(["Let me look."], tool_calls=[
+            {"id": "call_1", "name": "opening_hours", "arguments": arguments}])]) as gw:
+        sdk = client(gw)
+        async with sdk.realtime.connect(model="gpt-realtime") as conn:
+            await events_until(conn, "session.created")
+            await conn.session.update(session={"type": "realtime", "tools": [{
+                "type": "function", "name": "opening_hours",
+                "parameters": {"type": "object", "properties": {"day": {"type": "string"}}}}],
+                "output_modalities": ["text"]})
+            await conn.response.create(response={"input": [{
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "Monday?"}]}]})
+            events = await events_until(conn, "response.done")
+        await sdk.close()
+    deltas = [e for e in events if e["type"] == "response.function_call_arguments.delta"]
+    # the peer sends the arguments in two chunks: each is passed on as it comes
+    assert [d["delta"] for d in deltas] == [arguments[:len(arguments) // 2],
+                                            arguments[len(arguments) // 2:]]
+    kinds = [e["type"] for e in events]
+    first_delta = kinds.index("response.function_call_arguments.delta")
+    assert kinds.index("response.output_text.done") < first_delta  # the text item closed
+    assert kinds.index("response.function_call_arguments.done") > first_delta
+    (done,) = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert done["arguments"] == arguments and done["call_id"] == "call_1"
+    call = [o for o in events[-1]["response"]["output"] if o["type"] == "function_call"]
+    assert call[0]["arguments"] == arguments and call[0]["status"] == "completed"

@@ -48,6 +48,16 @@ class AudioDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """Part of a tool call's arguments, while the model writes them; the whole call follows
+    as a :class:`ToolCall` with the same ``call_id``."""
+
+    call_id: str
+    name: str
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCall:
     call_id: str
     name: str
@@ -88,7 +98,8 @@ class RelayedEvent:
 
 
 EngineEvent = (
-    TranscriptDelta | TranscriptDone | TextDelta | AudioDelta | ToolCall | Stage | ResponseDone
+    TranscriptDelta | TranscriptDone | TextDelta | AudioDelta | ToolCallDelta | ToolCall | Stage
+    | ResponseDone
     | EngineError | RelayedEvent
 )
 

@@ -33,6 +33,7 @@ from callgate.engines.base import (
     Stage,
     TextDelta,
     ToolCall,
+    ToolCallDelta,
     TranscriptDelta,
     TranscriptDone,
 )
@@ -87,7 +88,7 @@ class _Failed:
     stage: str | None = None
 
 
-_Item = Stage | _Clause | TextDelta | ToolCall | LlmDone | _Failed
+_Item = Stage | _Clause | TextDelta | ToolCallDelta | ToolCall | LlmDone | _Failed
 
 
 class CascadeEngine(Engine):
@@ -186,7 +187,7 @@ class CascadeEngine(Engine):
         first = True
         try:
             async for item in self.llm.stream(request):
-                if first and isinstance(item, TextDelta | ToolCall):
+                if first and isinstance(item, TextDelta | ToolCallDelta | ToolCall):
                     queue.put_nowait(Stage("llm_first_token", time.monotonic()))
                     first = False
                 if isinstance(item, TextDelta):

@@ -30,6 +30,7 @@ from callgate.engines.base import (
     Stage,
     TextDelta,
     ToolCall,
+    ToolCallDelta,
 )
 from callgate.log import event
 from callgate.realtime.items import Conversation
@@ -151,6 +152,7 @@ class ResponseRun:
         self._log = log_fields or {}
         self._items: list[dict[str, Any]] = []
         self._message: dict[str, Any] | None = None
+        self._calls: dict[str, dict[str, Any]] = {}  # call_id -> its open function_call item
         self._samples = 0
         self._audio_started = False
         self._engine_done: ResponseDone | None = None
@@ -175,6 +177,8 @@ class ResponseRun:
             self._text(ev.text)
         elif isinstance(ev, AudioDelta):
             self._audio(ev.pcm)
+        elif isinstance(ev, ToolCallDelta):
+            self._tool_call_delta(ev)
         elif isinstance(ev, ToolCall):
             self._tool_call(ev)
         elif isinstance(ev, Stage):
@@ -243,19 +247,42 @@ class ResponseRun:
             self._emit(self._part_event("response.output_audio.delta", item,
                                         delta=base64.b64encode(chunk).decode()))
 
+    def _calling(self, call_id: str, name: str) -> dict[str, Any]:
+        """The function_call item of ``call_id``, added at its first argument piece."""
+        item = self._calls.get(call_id)
+        if item is None:
+            self._close_message("completed")
+            item = {"id": new_id("item"), "object": "realtime.item", "type": "function_call",
+                    "status": "in_progress", "name": name, "call_id": call_id,
+                    "arguments": ""}
+            self._add_item(item)
+            self._calls[call_id] = item
+        return item
+
+    def _arguments_event(self, kind: str, item: dict[str, Any], **fields: Any
+                         ) -> dict[str, Any]:
+        return {"type": kind, "response_id": self.id, "item_id": item["id"],
+                "output_index": self._items.index(item), "call_id": item["call_id"],
+                **fields}
+
+    def _tool_call_delta(self, piece: ToolCallDelta) -> None:
+        """Arguments stream out as the model writes them (as OpenAI streams them)."""
+        item = self._calling(piece.call_id, piece.name)
+        item["arguments"] += piece.delta
+        self._emit(self._arguments_event("response.function_call_arguments.delta", item,
+                                         delta=piece.delta))
+
     def _tool_call(self, call: ToolCall) -> None:
-        self._close_message("completed")
-        item: dict[str, Any] = {"id": new_id("item"), "object": "realtime.item",
-                                "type": "function_call", "status": "in_progress",
-                                "name": call.name, "call_id": call.call_id, "arguments": ""}
-        index = self._add_item(item)
-        common = {"response_id": self.id, "item_id": item["id"], "output_index": index,
-                  "call_id": call.call_id}
-        self._emit({"type": "response.function_call_arguments.delta", **common,
-                    "delta": call.arguments})
+        item = self._calling(call.call_id, call.name)
+        if call.arguments != item["arguments"]:  # no pieces came, or they fell short
+            rest = call.arguments[len(item["arguments"]):] \
+                if call.arguments.startswith(item["arguments"]) else call.arguments
+            self._emit(self._arguments_event("response.function_call_arguments.delta", item,
+                                             delta=rest))
         item["arguments"] = call.arguments
-        self._emit({"type": "response.function_call_arguments.done", **common,
-                    "name": call.name, "arguments": call.arguments})
+        self._emit(self._arguments_event("response.function_call_arguments.done", item,
+                                         name=call.name, arguments=call.arguments))
+        del self._calls[call.call_id]
         self._close_item(item, "completed")
 
     # --- items -------------------------------------------------------------------------------
@@ -316,6 +343,9 @@ class ResponseRun:
         self.status = status
         item_status = "completed" if status == "completed" else "incomplete"
         self._close_message(item_status)
+        for call in self._calls.values():  # cut off while its arguments were being written
+            self._close_item(call, "incomplete")
+        self._calls.clear()
         details: dict[str, Any] | None = None
         if status != "completed":
             details = {"type": status}
