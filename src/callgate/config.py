@@ -124,6 +124,9 @@ class Settings(BaseSettings):
                               "so.")
     llm_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp "
                                     "(unset: 1 for the bundled model, 2 otherwise).")
+    llm_context_tokens: int = Field(8192, ge=512, description="Input tokens the language "
+                                    "model server takes (llama.cpp knows its own window): "
+                                    "a session's truncation keeps the conversation within it.")
     llm_max_tokens: int = Field(200, ge=1, description="Reply cap for llama.cpp "
                                 "when the session sets no max_output_tokens (a small model "
                                 "can ramble until its context is full).")

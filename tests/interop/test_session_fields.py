@@ -131,3 +131,26 @@ async def test_function_call_arguments_stream_as_the_model_writes_them() -> None
     assert done["arguments"] == arguments and done["call_id"] == "call_1"
     call = [o for o in events[-1]["response"]["output"] if o["type"] == "function_call"]
     assert call[0]["arguments"] == arguments and call[0]["status"] == "completed"
+
+
+async def test_truncation_keeps_the_conversation_within_the_limit() -> None:
+    async with gateway([]) as gw:
+        sdk = client(gw)
+        async with sdk.realtime.connect(model="gpt-realtime") as conn:
+            await events_until(conn, "session.created")
+            await conn.session.update(session={
+                "type": "realtime", "output_modalities": ["text"],
+                "truncation": {"type": "retention_ratio", "retention_ratio": 0.5,
+                               "token_limits": {"post_instructions": 200}}})
+            await events_until(conn, "session.updated")
+            for turn in range(8):  # about 54 tokens each
+                await conn.conversation.item.create(item={
+                    "type": "message", "role": "user",
+                    "content": [{"type": "input_text", "text": f"turn{turn} " + "w " * 98}]})
+                await events_until(conn, "conversation.item.done")
+            await conn.response.create()
+            await events_until(conn, "response.done")
+        await sdk.close()
+    (request,) = gw.chat_requests()
+    sent = [m["content"].split()[0] for m in request["messages"] if m["role"] == "user"]
+    assert sent == ["turn7"]  # over 200: cut to half of it, the newest that fit

@@ -128,6 +128,9 @@ class Engine(ABC):
 
     sample_rate: ClassVar[int] = 24000
     duplex: ClassVar[bool] = False
+    # Input tokens the engine's language model takes (None: unknown); the session's
+    # ``truncation`` keeps the conversation it sends within it.
+    context_tokens: int | None = None
 
     async def start(self, session: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Called once with the session config before any audio flows."""

@@ -94,8 +94,11 @@ _Item = Stage | _Clause | TextDelta | ToolCallDelta | ToolCall | LlmDone | _Fail
 class CascadeEngine(Engine):
     """STT, LLM and TTS stage objects behind the Engine interface."""
 
-    def __init__(self, *, stt: Transcriber, llm: ChatModel, tts: Speaker, name: str) -> None:
+    def __init__(self, *, stt: Transcriber, llm: ChatModel, tts: Speaker, name: str,
+                 context_tokens: int | None = None) -> None:
         self.stt, self.llm, self.tts, self.name = stt, llm, tts, name
+        # an in-process model knows its own window; a server's is configured
+        self.context_tokens = getattr(llm, "n_ctx", None) or context_tokens
 
     def unsupported(self, session: dict[str, Any]) -> tuple[str, str] | None:
         return cascade_unsupported(session, stt_language=getattr(self.stt, "language", None))
@@ -276,4 +279,5 @@ class LocalEngine(CascadeEngine):
     def __init__(self, settings: Settings, route: ModelRoute | None = None) -> None:
         super().__init__(stt=WhisperTranscriber(settings.stt_model),
                          llm=local_chat_model(settings, route),
-                         tts=PiperSpeech(settings.tts_voice), name="local")
+                         tts=PiperSpeech(settings.tts_voice), name="local",
+                         context_tokens=settings.llm_context_tokens)

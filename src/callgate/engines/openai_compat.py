@@ -142,4 +142,5 @@ def compat_stages(settings: Settings, route: ModelRoute
 class OpenAICompatEngine(CascadeEngine):
     def __init__(self, settings: Settings, route: ModelRoute) -> None:
         stt, llm, tts = compat_stages(settings, route)
-        super().__init__(stt=stt, llm=llm, tts=tts, name="openai-compatible")
+        super().__init__(stt=stt, llm=llm, tts=tts, name="openai-compatible",
+                         context_tokens=settings.llm_context_tokens)

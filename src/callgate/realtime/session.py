@@ -51,6 +51,7 @@ from callgate.realtime.session_config import (
 )
 from callgate.realtime.subscribers import Subscription
 from callgate.realtime.transcription import transcribe
+from callgate.realtime.truncation import REPLY_TOKENS, ContextWindow
 from callgate.realtime.turns import (
     IdleTimeout,
     InputAudioBuffer,
@@ -90,6 +91,7 @@ class RealtimeSession:
         check_engine(self.config, engine)
         self.same_engine = same_engine
         self.conversation = Conversation()
+        self.window = ContextWindow()
         self.buffer = InputAudioBuffer()
         self.detector: TurnDetector | None = None
         self.active: ResponseRun | None = None
@@ -335,8 +337,14 @@ class RealtimeSession:
             if run.finished:
                 return
             items = run.params.input
-            stream = self.engine.respond(engine_request(
-                run.params, self.conversation.items() if items is None else items))
+            if items is None:
+                reply = run.params.max_output_tokens
+                items = self.window.fit(
+                    self.conversation.items(), instructions=run.params.instructions,
+                    truncation=self.config.get("truncation") or "auto",
+                    context_tokens=self.engine.context_tokens,
+                    reply_tokens=reply if isinstance(reply, int) else REPLY_TOKENS)
+            stream = self.engine.respond(engine_request(run.params, items))
             try:
                 async for ev in stream:
                     run.handle(ev)
