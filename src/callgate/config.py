@@ -132,6 +132,10 @@ class Settings(BaseSettings):
                                 "can ramble until its context is full).")
     stt_model: str = Field("tiny", description="faster-whisper model: 'tiny' is shipped offline.")
     tts_voice: str = Field("en_US-joe-medium", description="Piper voice for the local engine.")
+    voices: dict[str, str] = Field(default_factory=dict, description="Voice table of the local "
+                                   "engine: a session's voice name (OpenAI's, or your own) -> "
+                                   "a Piper voice name or .onnx path; unlisted OpenAI names "
+                                   "use tts_voice.")
 
     # --- logging ---------------------------------------------------------------------------
     log_level: str = Field("info", description="debug, info, warning or error.")

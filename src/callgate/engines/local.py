@@ -101,7 +101,14 @@ class CascadeEngine(Engine):
         self.context_tokens = getattr(llm, "n_ctx", None) or context_tokens
 
     def unsupported(self, session: dict[str, Any]) -> tuple[str, str] | None:
-        return cascade_unsupported(session, stt_language=getattr(self.stt, "language", None))
+        refused = cascade_unsupported(session, stt_language=getattr(self.stt, "language", None))
+        voice = ((session.get("audio") or {}).get("output") or {}).get("voice")
+        knows = getattr(self.tts, "knows", None)
+        if refused is None and isinstance(voice, str) and knows is not None and not knows(voice):
+            return "audio.output.voice", (f"{voice!r} is neither one of OpenAI's voices, nor "
+                                          "in the voice table (CALLGATE_VOICES), nor a Piper "
+                                          "voice")
+        return refused
 
     def stages(self) -> dict[str, str]:
         """What runs each stage (for the start-up log: which LLM is this, really?)."""
@@ -279,5 +286,6 @@ class LocalEngine(CascadeEngine):
     def __init__(self, settings: Settings, route: ModelRoute | None = None) -> None:
         super().__init__(stt=WhisperTranscriber(settings.stt_model),
                          llm=local_chat_model(settings, route),
-                         tts=PiperSpeech(settings.tts_voice), name="local",
+                         tts=PiperSpeech(settings.tts_voice, voices=settings.voices),
+                         name="local",
                          context_tokens=settings.llm_context_tokens)
