@@ -17,13 +17,13 @@ from .harness import API_KEY, INSTRUCTIONS, Gateway, gateway, system_prompts
 
 pytestmark = pytest.mark.anyio
 
-MCP_TOOL = {"type": "mcp", "server_label": "clinic", "server_url": "http://127.0.0.1:9/mcp"}
+CONNECTOR = {"type": "mcp", "server_label": "mail", "connector_id": "connector_gmail"}
 REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"prompt": {"id": "pmpt_123"}}, "session.prompt"),
     ({"include": ["item.input_audio_transcription.logprobs"]}, "session.include"),
     ({"reasoning": {"effort": "low"}}, "session.reasoning"),
     ({"parallel_tool_calls": False}, "session.parallel_tool_calls"),
-    ({"tools": [MCP_TOOL]}, "session.tools[0].type"),
+    ({"tools": [CONNECTOR]}, "session.tools[0].server_url"),
     ({"tool_choice": {"type": "mcp", "server_label": "clinic"}}, "session.tool_choice.type"),
     ({"audio": {"input": {"noise_reduction": {"type": "near_field"}}}},
      "session.audio.input.noise_reduction"),

@@ -40,7 +40,10 @@ def cascade_unsupported(session: dict[str, Any], *, stt_language: str | None
         return "parallel_tool_calls", ("the language model here may call several tools at "
                                        "once; it cannot be told not to")
     for index, tool in enumerate(session.get("tools") or []):
-        if tool.get("type") != "function":
+        if tool.get("type") == "mcp" and not tool.get("server_url"):
+            return f"tools[{index}].server_url", ("OpenAI's connectors are not served here; "
+                                                  "give the MCP server's URL")
+        if tool.get("type") not in ("function", "mcp"):
             return f"tools[{index}].type", f"{tool.get('type')!r} tools are not served here"
     choice = session.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") != "function":

@@ -47,6 +47,8 @@ async def _session_update(session: RealtimeSession, ev: ClientEvent) -> None:
                                        session.same_engine)
     check_engine(config, session.engine)
     session.config = config
+    if not session.engine.duplex:
+        session.mcp.configure(config["tools"])
     session.reconfigure_turns()
     await session.engine.update(to_engine_config(session.config))
     session.emit({"type": "session.updated", "session": shown(session.config)})

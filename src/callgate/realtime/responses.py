@@ -34,6 +34,7 @@ from callgate.engines.base import (
 )
 from callgate.log import event
 from callgate.realtime.items import Conversation
+from callgate.realtime.mcp import mcp_item
 from callgate.realtime.protocol import engine_error_event, new_id
 from callgate.realtime.session_config import voice_name
 
@@ -117,13 +118,16 @@ class ResponseParams:
     metadata: dict[str, str] | None = None
 
 
-def engine_request(params: ResponseParams, items: list[dict[str, Any]]) -> ResponseRequest:
-    """What the engine is asked: the response settings and the conversation (copies)."""
+def engine_request(params: ResponseParams, items: list[dict[str, Any]],
+                   mcp_functions: list[dict[str, Any]] | None = None) -> ResponseRequest:
+    """What the engine is asked: the response settings and the conversation (copies); the
+    MCP servers' tools join the function tools."""
     max_tokens = params.max_output_tokens
     return ResponseRequest(
         instructions=params.instructions,
         conversation=[copy.deepcopy(i) for i in items],
-        tools=[t for t in params.tools if t.get("type", "function") == "function"],
+        tools=[t for t in params.tools if t.get("type", "function") == "function"]
+        + list(mcp_functions or []),
         tool_choice=params.tool_choice,
         voice=voice_name(params.voice),
         speed=params.speed,
@@ -137,8 +141,12 @@ class ResponseRun:
     def __init__(self, *, params: ResponseParams, conversation: Conversation, emit: Emit,
                  output: AudioOutput | None, clock: Callable[[], float], timeline: Timeline,
                  on_done: Callable[[ResponseRun], None],
-                 log_fields: dict[str, Any] | None = None) -> None:
+                 log_fields: dict[str, Any] | None = None,
+                 mcp_tools: dict[str, dict[str, Any]] | None = None) -> None:
         self.id = new_id("resp")
+        # MCP tools the model may call, by name: {"tool": the session's mcp entry, "hints"}
+        self.mcp_tools = mcp_tools or {}
+        self.mcp_pending: list[dict[str, Any]] = []  # mcp_call items to run on the server
         self.params = params
         self.timeline = timeline
         self.playbacks: list[Playback] = []
@@ -252,38 +260,73 @@ class ResponseRun:
         item = self._calls.get(call_id)
         if item is None:
             self._close_message("completed")
-            item = {"id": new_id("item"), "object": "realtime.item", "type": "function_call",
-                    "status": "in_progress", "name": name, "call_id": call_id,
-                    "arguments": ""}
+            mcp = self.mcp_tools.get(name)
+            if mcp is None:
+                item = {"id": new_id("item"), "object": "realtime.item",
+                        "type": "function_call", "status": "in_progress", "name": name,
+                        "call_id": call_id, "arguments": ""}
+            else:
+                item = mcp_item(mcp["tool"], name, mcp.get("hints"))
             self._add_item(item)
             self._calls[call_id] = item
         return item
 
     def _arguments_event(self, kind: str, item: dict[str, Any], **fields: Any
-                         ) -> dict[str, Any]:
-        return {"type": kind, "response_id": self.id, "item_id": item["id"],
-                "output_index": self._items.index(item), "call_id": item["call_id"],
-                **fields}
+                         ) -> dict[str, Any] | None:
+        """``response.function_call_arguments.*`` or ``response.mcp_call_arguments.*``; an
+        approval request shows its arguments only in the item."""
+        ev = {"response_id": self.id, "item_id": item["id"],
+              "output_index": self._items.index(item), **fields}
+        if item["type"] == "function_call":
+            return {"type": f"response.function_call_arguments.{kind}",
+                    "call_id": item["call_id"], **ev}
+        if item["type"] == "mcp_call":
+            ev.pop("name", None)
+            return {"type": f"response.mcp_call_arguments.{kind}", **ev}
+        return None
+
+    def _emit_some(self, ev: dict[str, Any] | None) -> None:
+        if ev is not None:
+            self._emit(ev)
 
     def _tool_call_delta(self, piece: ToolCallDelta) -> None:
         """Arguments stream out as the model writes them (as OpenAI streams them)."""
         item = self._calling(piece.call_id, piece.name)
         item["arguments"] += piece.delta
-        self._emit(self._arguments_event("response.function_call_arguments.delta", item,
-                                         delta=piece.delta))
+        self._emit_some(self._arguments_event("delta", item, delta=piece.delta))
 
     def _tool_call(self, call: ToolCall) -> None:
         item = self._calling(call.call_id, call.name)
         if call.arguments != item["arguments"]:  # no pieces came, or they fell short
             rest = call.arguments[len(item["arguments"]):] \
                 if call.arguments.startswith(item["arguments"]) else call.arguments
-            self._emit(self._arguments_event("response.function_call_arguments.delta", item,
-                                             delta=rest))
+            self._emit_some(self._arguments_event("delta", item, delta=rest))
         item["arguments"] = call.arguments
-        self._emit(self._arguments_event("response.function_call_arguments.done", item,
-                                         name=call.name, arguments=call.arguments))
+        self._emit_some(self._arguments_event("done", item, name=call.name,
+                                              arguments=call.arguments))
         del self._calls[call.call_id]
+        if item["type"] == "mcp_call":  # the session runs it, then closes it
+            self.mcp_pending.append(item)
+        else:
+            self._close_item(item, "completed")
+
+    def mcp_started(self, item: dict[str, Any]) -> None:
+        self._emit({"type": "response.mcp_call.in_progress", "item_id": item["id"],
+                    "output_index": self._items.index(item)})
+
+    def mcp_finished(self, item: dict[str, Any]) -> None:
+        """The server answered (``output``) or failed (``error``)."""
+        kind = "failed" if item.get("error") is not None else "completed"
+        self._emit({"type": f"response.mcp_call.{kind}", "item_id": item["id"],
+                    "output_index": self._items.index(item)})
         self._close_item(item, "completed")
+
+    def add_mcp_call(self, item: dict[str, Any]) -> None:
+        """A call the application approved, run at the start of this response."""
+        self._close_message("completed")
+        self._add_item(item)
+        self._emit_some(self._arguments_event("done", item, arguments=item["arguments"]))
+        self.mcp_pending.append(item)
 
     # --- items -------------------------------------------------------------------------------
     def _add_item(self, item: dict[str, Any]) -> int:
@@ -298,7 +341,8 @@ class ResponseRun:
         return index
 
     def _close_item(self, item: dict[str, Any], status: str) -> None:
-        item["status"] = status
+        if "status" in item:  # MCP items have none
+            item["status"] = status
         index = self._items.index(item)
         self._emit({"type": "response.output_item.done", "response_id": self.id,
                     "output_index": index, "item": copy.deepcopy(item)})
@@ -343,9 +387,10 @@ class ResponseRun:
         self.status = status
         item_status = "completed" if status == "completed" else "incomplete"
         self._close_message(item_status)
-        for call in self._calls.values():  # cut off while its arguments were being written
+        for call in [*self._calls.values(), *self.mcp_pending]:  # cut off unfinished
             self._close_item(call, "incomplete")
         self._calls.clear()
+        self.mcp_pending.clear()
         details: dict[str, Any] | None = None
         if status != "completed":
             details = {"type": status}

@@ -31,6 +31,7 @@ from callgate.engines.vad import VoiceActivity
 from callgate.log import event
 from callgate.realtime import client_events
 from callgate.realtime.items import Conversation
+from callgate.realtime.mcp import McpTools, as_function_items
 from callgate.realtime.playback import LinePlayback
 from callgate.realtime.protocol import ProtocolError, new_id, parse_client_event, validate_session
 from callgate.realtime.relay import Relay, RelayEngine
@@ -92,6 +93,7 @@ class RealtimeSession:
         self.same_engine = same_engine
         self.conversation = Conversation()
         self.window = ContextWindow()
+        self.mcp = McpTools(self.conversation, self.emit, self.spawn)
         self.buffer = InputAudioBuffer()
         self.detector: TurnDetector | None = None
         self.active: ResponseRun | None = None
@@ -116,6 +118,8 @@ class RealtimeSession:
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         await self.engine.start(to_engine_config(self.config))
+        if not self.engine.duplex:
+            self.mcp.configure(self.config["tools"])
         if self.engine.duplex:
             self.spawn(self._pump_duplex())
         event(logger, "realtime_session_started", **self.log_fields, model=self.config["model"],
@@ -334,26 +338,18 @@ class RealtimeSession:
             pending = list(self._transcriptions.values())
             if pending:  # the model reads the caller's words: wait for them
                 await asyncio.wait(pending)
-            if run.finished:
-                return
-            items = run.params.input
-            if items is None:
-                reply = run.params.max_output_tokens
-                items = self.window.fit(
-                    self.conversation.items(), instructions=run.params.instructions,
-                    truncation=self.config.get("truncation") or "auto",
-                    context_tokens=self.engine.context_tokens,
-                    reply_tokens=reply if isinstance(reply, int) else REPLY_TOKENS)
-            stream = self.engine.respond(engine_request(run.params, items))
-            try:
-                async for ev in stream:
-                    run.handle(ev)
-                    if run.finished or isinstance(ev, ResponseDone):
-                        break
-            finally:
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            await self.mcp.ready()
+            run.mcp_tools, mcp_functions = self.mcp.for_model()
+            for call in self.mcp.approved_calls():
+                run.add_mcp_call(call)
+            # the model answers, runs the MCP calls it made, and reads their results
+            while not run.finished:
+                await self.mcp.run_calls(run)
+                if run.finished:
+                    return
+                await self._engine_round(run, mcp_functions)
+                if not run.mcp_pending:
+                    break
             run.finish_from_engine()
         except asyncio.CancelledError:
             run.finish("cancelled")
@@ -361,6 +357,27 @@ class RealtimeSession:
             logger.exception("response failed")
             run.finish("failed", error={"type": "server_error", "code": "engine_error",
                                         "message": str(exc) or type(exc).__name__})
+
+    async def _engine_round(self, run: ResponseRun, tools: list[dict[str, Any]]) -> None:
+        items = run.params.input
+        if items is None:
+            reply = run.params.max_output_tokens
+            items = self.window.fit(
+                as_function_items(self.conversation.items()),
+                instructions=run.params.instructions,
+                truncation=self.config.get("truncation") or "auto",
+                context_tokens=self.engine.context_tokens,
+                reply_tokens=reply if isinstance(reply, int) else REPLY_TOKENS)
+        stream = self.engine.respond(engine_request(run.params, items, tools))
+        try:
+            async for ev in stream:
+                run.handle(ev)
+                if run.finished or isinstance(ev, ResponseDone):
+                    break
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def _response_done(self, run: ResponseRun) -> None:
         if self.active is run:
