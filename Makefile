@@ -30,6 +30,16 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e '.[local,llama,test]'
 	touch $(STAMP)
 
+# Pipecat, the third agent framework of tests/interop, in an environment of its own:
+# pipecat-ai pins soxr~=1.0.0 and callgate needs soxr>=1.1. Its test runs it as a client.
+PIPECAT_VENV := .venv-pipecat
+PIPECAT_PIN  := pipecat-ai==1.14.0
+$(PIPECAT_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(PIPECAT_VENV)
+	$(PIPECAT_VENV)/bin/pip install --quiet --upgrade pip
+	$(PIPECAT_VENV)/bin/pip install --quiet '$(PIPECAT_PIN)'
+	touch $@
+
 serve: $(STAMP)
 	$(BIN)/callgate serve
 
@@ -50,7 +60,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
 # Timing-precision tests first, in a process of their own; then everything else.
-pytest: $(STAMP) system-deps
+pytest: $(STAMP) $(PIPECAT_VENV)/.installed system-deps
 	$(BIN)/python -m pytest -q -m timing
 	$(BIN)/python -m pytest -q -m "not timing"
 
