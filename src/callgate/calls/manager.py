@@ -179,9 +179,11 @@ class CallManager:
             raise CallFailed(f"The model {model!r} is not available: {exc}") from None
         try:  # a setting the engine cannot carry out: 400 naming it, not a silent ignore
             check_engine(session, engine)
-        except ProtocolError as exc:
+        except ProtocolError as exc:  # the accept body is the session, flat: no prefix
             await engine.aclose()
-            raise InvalidCallRequest(exc.message, param=exc.param) from None
+            raise InvalidCallRequest(exc.message,
+                                     param=(exc.param or "").removeprefix("session.") or None
+                                     ) from None
         media: MediaStream | None = None
         try:
             media = await MediaStream.open(
