@@ -5,6 +5,7 @@ the test peer). docs/session-fields.md lists these rows."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.engines.peer import Reply
+from tests.realtime.doubles import tone
 
 from .harness import API_KEY, INSTRUCTIONS, Gateway, gateway, system_prompts
 
@@ -29,10 +31,10 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
      "session.audio.input.noise_reduction"),
     ({"audio": {"input": {"transcription": {"model": "my-asr"}}}},
      "session.audio.input.transcription.model"),
-    ({"audio": {"input": {"transcription": {"model": "whisper-1", "language": "fr"}}}},
+    ({"audio": {"input": {"transcription": {"model": "whisper-1", "language": "French"}}}},
      "session.audio.input.transcription.language"),
-    ({"audio": {"input": {"transcription": {"model": "whisper-1", "prompt": "Elm"}}}},
-     "session.audio.input.transcription.prompt"),
+    ({"audio": {"input": {"transcription": {"model": "whisper-1", "keywords": ["Elm"]}}}},
+     "session.audio.input.transcription.keywords"),
     ({"audio": {"output": {"voice": {"id": "voice_123"}}}}, "session.audio.output.voice"),
     ({"model": "no-such-model"}, "session.model"),
 ]
@@ -154,3 +156,22 @@ async def test_truncation_keeps_the_conversation_within_the_limit() -> None:
     (request,) = gw.chat_requests()
     sent = [m["content"].split()[0] for m in request["messages"] if m["role"] == "user"]
     assert sent == ["turn7"]  # over 200: cut to half of it, the newest that fit
+
+
+async def test_transcription_language_and_prompt_reach_the_recogniser() -> None:
+    async with gateway([]) as gw:
+        sdk = client(gw)
+        async with sdk.realtime.connect(model="gpt-realtime") as conn:
+            await events_until(conn, "session.created")
+            await conn.session.update(session={"type": "realtime", "audio": {"input": {
+                "turn_detection": None, "transcription": {
+                    "model": "whisper-1", "language": "fr", "prompt": "Clinique Elm"}}}})
+            assert not [e for e in await events_until(conn, "session.updated")
+                        if e["type"] == "error"]
+            await conn.input_audio_buffer.append(audio=base64.b64encode(tone(400)).decode())
+            await conn.input_audio_buffer.commit()
+            await events_until(conn, "conversation.item.input_audio_transcription.completed",
+                               30)
+        await sdk.close()
+    (asked,) = gw.peer.transcriptions
+    assert (asked["language"], asked["prompt"]) == ("fr", "Clinique Elm")

@@ -66,8 +66,12 @@ MAX_DELTA_BYTES = Engine.sample_rate * 2 // 5
 
 
 class Transcriber(Protocol):
-    def transcribe(self, pcm: bytes, sample_rate: int = ...
-                   ) -> AsyncIterator[TranscriptDelta | TranscriptDone]: ...
+    def transcribe(self, pcm: bytes, sample_rate: int = ..., *, language: str | None = None,
+                   prompt: str | None = None
+                   ) -> AsyncIterator[TranscriptDelta | TranscriptDone]:
+        """``language``/``prompt``: the session's transcription settings (None: the
+        stage's own)."""
+        ...
 
 
 class Speaker(Protocol):
@@ -97,11 +101,12 @@ class CascadeEngine(Engine):
     def __init__(self, *, stt: Transcriber, llm: ChatModel, tts: Speaker, name: str,
                  context_tokens: int | None = None) -> None:
         self.stt, self.llm, self.tts, self.name = stt, llm, tts, name
+        self.transcription: dict[str, Any] = {}  # the session's audio.input.transcription
         # an in-process model knows its own window; a server's is configured
         self.context_tokens = getattr(llm, "n_ctx", None) or context_tokens
 
     def unsupported(self, session: dict[str, Any]) -> tuple[str, str] | None:
-        refused = cascade_unsupported(session, stt_language=getattr(self.stt, "language", None))
+        refused = cascade_unsupported(session)
         voice = ((session.get("audio") or {}).get("output") or {}).get("voice")
         knows = getattr(self.tts, "knows", None)
         if refused is None and isinstance(voice, str) and knows is not None and not knows(voice):
@@ -115,8 +120,13 @@ class CascadeEngine(Engine):
         return {name: f"{type(stage).__name__}({getattr(stage, 'model', None) or ''})"
                 for name, stage in (("stt", self.stt), ("llm", self.llm), ("tts", self.tts))}
 
+    async def update(self, session: dict[str, Any]) -> None:
+        audio_in = (session.get("audio") or {}).get("input") or {}
+        self.transcription = dict(audio_in.get("transcription") or {})
+
     async def start(self, session: dict[str, Any]) -> None:
         """Load the embedded models now (off the loop) so the first turn does not wait."""
+        await self.update(session)
         loads = [load() for stage in (self.stt, self.llm, self.tts)
                  if (load := getattr(stage, "load", None)) is not None]
         for result in await asyncio.gather(*loads, return_exceptions=True):
@@ -135,7 +145,9 @@ class CascadeEngine(Engine):
     async def transcribe(self, pcm: bytes) -> AsyncIterator[TranscriptDelta | TranscriptDone
                                                             | Stage | EngineError]:
         try:
-            async with closing(self.stt.transcribe(pcm, self.sample_rate)) as items:
+            async with closing(self.stt.transcribe(
+                    pcm, self.sample_rate, language=self.transcription.get("language"),
+                    prompt=self.transcription.get("prompt"))) as items:
                 async for item in items:
                     if isinstance(item, TranscriptDone):
                         yield Stage("transcript_ready", time.monotonic())

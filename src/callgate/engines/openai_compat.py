@@ -66,11 +66,14 @@ class HttpTranscriber:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def transcribe(self, pcm: bytes, sample_rate: int = Engine.sample_rate
+    async def transcribe(self, pcm: bytes, sample_rate: int = Engine.sample_rate, *,
+                         language: str | None = None, prompt: str | None = None
                          ) -> AsyncIterator[TranscriptDelta | TranscriptDone]:
         data = {"model": self.model, "response_format": "json"}
-        if self.language:
-            data["language"] = self.language
+        if language or self.language:
+            data["language"] = str(language or self.language)
+        if prompt:
+            data["prompt"] = prompt
         try:
             response = await self._http.post(
                 "/audio/transcriptions", data=data,

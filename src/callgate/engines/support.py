@@ -8,6 +8,7 @@ honour is listed in docs/session-fields.md.
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Any
 
@@ -20,14 +21,11 @@ OPENAI_TRANSCRIPTION_MODELS = frozenset(
     for value in typing.get_args(member) if isinstance(value, str))
 
 Unsupported = tuple[str, str]  # (dotted GA path, why)
+ISO_639_1 = re.compile(r"[a-z]{2}\Z")  # what OpenAI and Whisper take as a language
 
 
-def cascade_unsupported(session: dict[str, Any], *, stt_language: str | None
-                        ) -> Unsupported | None:
-    """The first setting of ``session`` that a cascade engine cannot carry out, or None.
-
-    ``stt_language``: the language the engine's recogniser is fixed to (None: it detects it).
-    """
+def cascade_unsupported(session: dict[str, Any]) -> Unsupported | None:
+    """The first setting of ``session`` that a cascade engine cannot carry out, or None."""
     if session.get("prompt") is not None:
         return "prompt", ("stored prompts live in OpenAI's dashboard; send the prompt's text "
                           "as 'instructions' instead")
@@ -59,10 +57,10 @@ def cascade_unsupported(session: dict[str, Any], *, stt_language: str | None
             f"{model!r} is not a transcription model here; OpenAI's names ("
             + ", ".join(sorted(OPENAI_TRANSCRIPTION_MODELS)) + ") select the engine's own")
     language = transcription.get("language")
-    if language is not None and language != stt_language:
-        fixed = f"fixed to {stt_language!r}" if stt_language else "detects the language itself"
-        return "audio.input.transcription.language", f"the speech recogniser here is {fixed}"
-    for key in ("prompt", "delay", "keywords", "languages"):
+    if language is not None and not ISO_639_1.match(language):
+        return "audio.input.transcription.language", ("give the language as an ISO-639-1 "
+                                                      "code, such as 'en' or 'fr'")
+    for key in ("delay", "keywords", "languages"):
         if transcription.get(key) is not None:
             return f"audio.input.transcription.{key}", ("the speech recogniser here takes no "
                                                         f"{key}")
