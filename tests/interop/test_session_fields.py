@@ -175,3 +175,28 @@ async def test_transcription_language_and_prompt_reach_the_recogniser() -> None:
         await sdk.close()
     (asked,) = gw.peer.transcriptions
     assert (asked["language"], asked["prompt"]) == ("fr", "Clinique Elm")
+
+
+async def test_audio_settings_through_the_sdk() -> None:
+    async with gateway([Reply(["Hello there."])]) as gw:
+        sdk = client(gw)
+        async with sdk.realtime.connect(model="gpt-realtime") as conn:
+            await events_until(conn, "session.created")
+            # a standalone socket carries 24 kHz PCM only (a phone call's codec is SDP's)
+            await conn.session.update(session={"type": "realtime", "audio": {
+                "input": {"format": {"type": "audio/pcmu"}}}})
+            error = (await events_until(conn, "error"))[-1]["error"]
+            assert error["param"] == "session.audio.input.format.type"
+            await conn.session.update(session={"type": "realtime", "audio": {
+                "input": {"turn_detection": None},
+                "output": {"voice": "marin", "speed": 1.25}}})
+            session = (await events_until(conn, "session.updated"))[-1]["session"]
+            assert session["audio"]["input"]["turn_detection"] is None
+            await conn.response.create(response={"input": [{
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "Hi"}]}]})
+            done = (await events_until(conn, "response.done"))[-1]["response"]
+        await sdk.close()
+    assert done["status"] == "completed" and done["audio"]["output"]["voice"] == "marin"
+    (spoken,) = gw.peer.speech_requests
+    assert (spoken["voice"], spoken["speed"]) == ("marin", 1.25)
