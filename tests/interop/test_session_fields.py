@@ -200,3 +200,33 @@ async def test_audio_settings_through_the_sdk() -> None:
     assert done["status"] == "completed" and done["audio"]["output"]["voice"] == "marin"
     (spoken,) = gw.peer.speech_requests
     assert (spoken["voice"], spoken["speed"]) == ("marin", 1.25)
+
+
+async def test_item_and_response_events_through_the_sdk() -> None:
+    async with gateway([Reply(["Hello there."]),
+                        Reply(["One.", " Two.", " Three."], delay=0.5)]) as gw:
+        sdk = client(gw)
+        async with sdk.realtime.connect(model="gpt-realtime") as conn:
+            await events_until(conn, "session.created")
+            await conn.conversation.item.create(item={
+                "id": "item_q", "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "Hi"}]})
+            await conn.conversation.item.retrieve(item_id="item_q")
+            retrieved = (await events_until(conn, "conversation.item.retrieved"))[-1]
+            assert retrieved["item"]["content"][0]["text"] == "Hi"
+            await conn.response.create()
+            reply = (await events_until(conn, "response.done"))[-1]["response"]["output"][0]
+            await conn.conversation.item.truncate(item_id=reply["id"], content_index=0,
+                                                  audio_end_ms=100)
+            truncated = (await events_until(conn, "conversation.item.truncated"))[-1]
+            assert truncated["audio_end_ms"] == 100
+            await conn.conversation.item.delete(item_id="item_q")
+            assert (await events_until(conn, "conversation.item.deleted"))[-1]["item_id"] == \
+                "item_q"
+            await conn.response.create()
+            await events_until(conn, "response.created")
+            await conn.response.cancel()
+            done = (await events_until(conn, "response.done"))[-1]["response"]
+        await sdk.close()
+    assert done["status"] == "cancelled"
+    assert done["status_details"]["reason"] == "client_cancelled"
