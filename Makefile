@@ -14,6 +14,8 @@ SYSTEM_COMMANDS := sipp baresip sox espeak-ng kamailio
 # x86-64 CPU of the last decade; the llm worker refuses older ones with a clear message. The
 # wheel is built once per version and flags and kept outside the clone, never taken from
 # pip's cache, which cannot tell a native build from this one. The version is pyproject's pin.
+# pipecat-ai: the Smart Turn weights come from its wheel, and tests/interop drives it.
+PIPECAT_PIN      := pipecat-ai==1.14.0
 LLAMA_VERSION    := $(shell sed -n 's/.*"llama-cpp-python\[server\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DLLAVA_BUILD=OFF
 LLAMA_WHEELS     := $(HOME)/.cache/callgate/llama-cpp-python/$(LLAMA_VERSION)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | sha1sum | cut -c1-10)
@@ -31,8 +33,17 @@ $(STAMP): pyproject.toml Makefile
 	# The Smart Turn end-of-turn weights (BSD-2-Clause) ship only inside the pipecat-ai wheel.
 	# Only that file is read (engines/turn_model.py), and pipecat's own dependencies pin soxr
 	# below what media/resample.py needs, so the wheel is installed without them.
-	$(BIN)/pip install --quiet --no-deps 'pipecat-ai==1.14.0'
+	$(BIN)/pip install --quiet --no-deps '$(PIPECAT_PIN)'
 	touch $(STAMP)
+
+# Pipecat, the third agent framework of tests/interop, in an environment of its own:
+# pipecat-ai pins soxr~=1.0.0 and callgate needs soxr>=1.1. Its test runs it as a client.
+PIPECAT_VENV := .venv-pipecat
+$(PIPECAT_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(PIPECAT_VENV)
+	$(PIPECAT_VENV)/bin/pip install --quiet --upgrade pip
+	$(PIPECAT_VENV)/bin/pip install --quiet '$(PIPECAT_PIN)'
+	touch $@
 
 serve: $(STAMP)
 	$(BIN)/callgate serve
@@ -54,7 +65,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
 # Timing-precision tests first, in a process of their own; then everything else.
-pytest: $(STAMP) system-deps
+pytest: $(STAMP) $(PIPECAT_VENV)/.installed system-deps
 	$(BIN)/python -m pytest -q -m timing
 	$(BIN)/python -m pytest -q -m "not timing"
 

@@ -249,11 +249,18 @@ class Settings(BaseSettings):
                               "so.")
     llm_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp "
                                     "(unset: 1 for the bundled model, 2 otherwise).")
+    llm_context_tokens: int = Field(8192, ge=512, description="Input tokens the language "
+                                    "model server takes (llama.cpp knows its own window): "
+                                    "a session's truncation keeps the conversation within it.")
     llm_max_tokens: int = Field(200, ge=1, description="Reply cap for llama.cpp "
                                 "when the session sets no max_output_tokens (a small model "
                                 "can ramble until its context is full).")
     stt_model: str = Field("tiny", description="faster-whisper model: 'tiny' is shipped offline.")
     tts_voice: str = Field("en_US-joe-medium", description="Piper voice for the local engine.")
+    voices: dict[str, str] = Field(default_factory=dict, description="Voice table of the local "
+                                   "engine: a session's voice name (OpenAI's, or your own) -> "
+                                   "a Piper voice name or .onnx path; unlisted OpenAI names "
+                                   "use tts_voice.")
 
     # --- logging ---------------------------------------------------------------------------
     log_level: str = Field("info", description="debug, info, warning or error.")
@@ -343,6 +350,11 @@ class Settings(BaseSettings):
         if name.startswith(OPENAI_MODEL_PREFIXES):
             return name, routes[self.default_model]
         return None
+
+    def same_engine(self, first: str, second: str) -> bool:
+        """Whether two model names are served by the same engine route."""
+        a, b = self.resolve_model(first), self.resolve_model(second)
+        return a is not None and b is not None and a[1] is b[1]
 
     @classmethod
     def settings_customise_sources(

@@ -52,7 +52,7 @@ class Gateway:
     tick: SendTick = field(default_factory=SendTick)
 
     def __post_init__(self) -> None:
-        self.sessions = SessionRegistry(self.engine_for)
+        self.sessions = SessionRegistry(self.engine_for, same_engine=self.settings.same_engine)
 
     async def engine_for(self, model: str) -> Engine:
         return await create_engine(model, self.settings)

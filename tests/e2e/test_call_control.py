@@ -86,6 +86,9 @@ def test_errors_have_openai_shapes(tmp_path: Path) -> None:
             "unknown_model": lambda: client.realtime.calls.accept(call_id, type="realtime",
                                                                   model="no-such-model"),
             "bad_key": lambda: client.with_options(api_key="wrong").realtime.calls.hangup(call_id),
+            # a setting the cascade cannot carry out: refused before the call is answered
+            "unsupported": lambda: client.realtime.calls.accept(
+                call_id, type="realtime", model="local", prompt={"id": "pmpt_123"}),
         }.items():
             try:
                 call()
@@ -105,6 +108,9 @@ def test_errors_have_openai_shapes(tmp_path: Path) -> None:
     assert isinstance(outcomes["unknown_model"], openai.BadRequestError)
     assert "echo" in str(outcomes["unknown_model"])
     assert isinstance(outcomes["bad_key"], openai.AuthenticationError)
+    unsupported = outcomes["unsupported"]
+    assert isinstance(unsupported, openai.BadRequestError), unsupported
+    assert isinstance(unsupported.body, dict) and unsupported.body["param"] == "prompt"
     assert isinstance(outcomes["reject_after_accept"], openai.ConflictError)
 
 

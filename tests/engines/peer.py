@@ -52,6 +52,7 @@ class PeerState:
     stream_closed_at: float | None = None
     stream_completed: bool = False
     last_piece_sent_at: float | None = None
+    speech: bytes | None = None  # answered to /audio/speech instead of running Piper
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> str:
@@ -130,6 +131,8 @@ def make_app(state: PeerState) -> FastAPI:
         state.speech_requests.append(body)
         if body.get("response_format") != "pcm":
             return JSONResponse({"error": {"message": "pcm only"}}, status_code=400)
+        if state.speech is not None:
+            return Response(state.speech, media_type="audio/pcm")
         return StreamingResponse(_speak(body["input"]), media_type="audio/pcm")
 
     return app

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from callgate.engines.base import ResponseRequest, TextDelta, ToolCall
+from callgate.engines.base import ResponseRequest, TextDelta, ToolCall, ToolCallDelta
 from callgate.engines.llm import (
     ChatCompletionsClient,
     ChunkAccumulator,
@@ -105,7 +105,10 @@ def test_streamed_text_and_a_tool_call_from_a_server(peer: tuple[str, PeerState]
         {"id": "call_9", "name": "get_weather", "arguments": '{"city": "Paris"}'}]))
     request = ResponseRequest("You are a phone agent.", CONVERSATION[:1], tools=[WEATHER_TOOL])
     events = asyncio.run(_collect(url, request))
+    # the arguments come as the server sends them (in two pieces), then the whole call
     assert events == [TextDelta("Let me"), TextDelta(" check"), TextDelta(" that."),
+                      ToolCallDelta("call_9", "get_weather", '{"city":'),
+                      ToolCallDelta("call_9", "get_weather", ' "Paris"}'),
                       ToolCall("call_9", "get_weather", '{"city": "Paris"}'),
                       LlmDone("tool_calls", {"input_tokens": 11, "output_tokens": 3,
                                              "total_tokens": 14})]

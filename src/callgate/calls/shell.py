@@ -30,7 +30,7 @@ from callgate.log import event
 from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool, PortsExhausted
 from callgate.media.stream import MediaStream
-from callgate.realtime import ProtocolError, validate_session
+from callgate.realtime import ProtocolError, check_engine, validate_session
 from callgate.realtime.registry import SessionRegistry
 from callgate.realtime.session import RealtimeSession
 from callgate.sip import events as ev
@@ -326,7 +326,7 @@ class CallShell:
         # The session exists while the call rings, so observers may attach (?call_id=);
         # it starts when the callee answers, so the greeting is heard from the first word.
         rt = RealtimeSession(config=session, engine=engine, call_id=call.id,
-                             output=LineOutput(media))
+                             output=LineOutput(media), same_engine=self.settings.same_engine)
         self.live[call.id] = rt
         self.sessions.add(rt)
         self.pump()
@@ -362,13 +362,23 @@ class CallShell:
         return engine, media
 
     async def _engine(self, session: dict[str, Any], param: str) -> Engine:
+        """The session's engine. ``param`` names its model field in the request body
+        (``model`` in an accept, ``session.model`` in a dial)."""
         model = session.get("model") or self.settings.default_model
         try:
-            return await self.engine_factory(model)
+            engine = await self.engine_factory(model)
         except ValueError as exc:
             raise InvalidCallRequest(str(exc), param=param) from None
         except Exception as exc:  # e.g. an upstream Realtime server that is down
             raise CallFailed(f"The model {model!r} is not available: {exc}") from None
+        try:  # a setting the engine cannot carry out: 400 naming it, not a silent ignore
+            check_engine(session, engine)
+        except ProtocolError as exc:
+            await engine.aclose()
+            field = (exc.param or "").removeprefix("session.")
+            raise InvalidCallRequest(exc.message, param=(param.removesuffix("model") + field
+                                                         if field else None)) from None
+        return engine
 
     async def _open_media(self, call_id: str, local_ip: str) -> MediaStream:
         s = self.settings
@@ -383,7 +393,7 @@ class CallShell:
         rt = self.live.get(call_id)
         if rt is None:
             rt = RealtimeSession(config=config, engine=engine, call_id=call_id,
-                                 output=LineOutput(media))
+                                 output=LineOutput(media), same_engine=self.settings.same_engine)
             self.live[call_id] = rt
             self.sessions.add(rt)
         media.on_audio = rt.feed_audio

@@ -48,6 +48,16 @@ class AudioDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """Part of a tool call's arguments, while the model writes them; the whole call follows
+    as a :class:`ToolCall` with the same ``call_id``."""
+
+    call_id: str
+    name: str
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCall:
     call_id: str
     name: str
@@ -88,7 +98,8 @@ class RelayedEvent:
 
 
 EngineEvent = (
-    TranscriptDelta | TranscriptDone | TextDelta | AudioDelta | ToolCall | Stage | ResponseDone
+    TranscriptDelta | TranscriptDone | TextDelta | AudioDelta | ToolCallDelta | ToolCall | Stage
+    | ResponseDone
     | EngineError | RelayedEvent
 )
 
@@ -117,9 +128,18 @@ class Engine(ABC):
 
     sample_rate: ClassVar[int] = 24000
     duplex: ClassVar[bool] = False
+    # Input tokens the engine's language model takes (None: unknown); the session's
+    # ``truncation`` keeps the conversation it sends within it.
+    context_tokens: int | None = None
 
     async def start(self, session: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Called once with the session config before any audio flows."""
+
+    def unsupported(self, session: dict[str, Any]) -> tuple[str, str] | None:
+        """A setting of ``session`` (the GA session object) this engine cannot carry out, as
+        (dotted GA path, why), or None. The session refuses such a setting with an error that
+        names it, instead of accepting it and carrying on without it."""
+        return None
 
     def stages(self) -> dict[str, str]:
         """What runs each stage, for the start-up log; empty where there are none."""

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from callgate.engines.base import ResponseRequest, TextDelta, ToolCall
+from callgate.engines.base import ResponseRequest, TextDelta, ToolCall, ToolCallDelta
 
 
 class LlmError(Exception):
@@ -44,7 +44,7 @@ class LlmDone:
     usage: dict[str, int] = field(default_factory=dict)
 
 
-LlmEvent = TextDelta | ToolCall | LlmDone
+LlmEvent = TextDelta | ToolCallDelta | ToolCall | LlmDone
 
 
 class ChatModel(Protocol):
@@ -121,7 +121,11 @@ def _call_id() -> str:
 # --- chat.completion.chunk stream -> events ------------------------------------------------
 
 class ChunkAccumulator:
-    """Text deltas as they come; tool calls once their arguments are complete."""
+    """Text and tool-call arguments as they come; each whole tool call once it is complete.
+
+    A call's argument pieces wait until its name is known (servers send it first, but a
+    stream may split it off).
+    """
 
     def __init__(self) -> None:
         self._calls: dict[int, dict[str, str]] = {}
@@ -129,25 +133,30 @@ class ChunkAccumulator:
         self._usage: dict[str, int] = {}
         self.seen_chunk = False
 
-    def feed(self, chunk: dict[str, Any]) -> list[TextDelta]:
+    def feed(self, chunk: dict[str, Any]) -> list[TextDelta | ToolCallDelta]:
         self.seen_chunk = True
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self._usage = {"input_tokens": int(usage.get("prompt_tokens") or 0),
                            "output_tokens": int(usage.get("completion_tokens") or 0),
                            "total_tokens": int(usage.get("total_tokens") or 0)}
-        out: list[TextDelta] = []
+        out: list[TextDelta | ToolCallDelta] = []
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if delta.get("content"):
                 out.append(TextDelta(str(delta["content"])))
             for call in delta.get("tool_calls") or ():
                 slot = self._calls.setdefault(int(call.get("index", len(self._calls))),
-                                              {"id": "", "name": "", "arguments": ""})
+                                              {"id": "", "name": "", "arguments": "", "sent": ""})
                 function = call.get("function") or {}
                 slot["id"] = slot["id"] or str(call.get("id") or "")
                 slot["name"] = slot["name"] or str(function.get("name") or "")
                 slot["arguments"] += str(function.get("arguments") or "")
+                unsent = slot["arguments"][len(slot["sent"]):]
+                if slot["name"] and unsent:
+                    slot["id"] = slot["id"] or _call_id()
+                    slot["sent"] = slot["arguments"]
+                    out.append(ToolCallDelta(slot["id"], slot["name"], unsent))
             if choice.get("finish_reason"):
                 self._finish = str(choice["finish_reason"])
         return out

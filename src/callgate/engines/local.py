@@ -33,6 +33,7 @@ from callgate.engines.base import (
     Stage,
     TextDelta,
     ToolCall,
+    ToolCallDelta,
     TranscriptDelta,
     TranscriptDone,
 )
@@ -48,6 +49,7 @@ from callgate.engines.llm import (
 )
 from callgate.engines.stt import WhisperTranscriber
 from callgate.engines.supervisor import WorkerCrashed, WorkerProcess
+from callgate.engines.support import cascade_unsupported
 from callgate.engines.threads import closing
 from callgate.engines.tts import PiperSpeech
 from callgate.log import event
@@ -64,8 +66,12 @@ MAX_DELTA_BYTES = Engine.sample_rate * 2 // 5
 
 
 class Transcriber(Protocol):
-    def transcribe(self, pcm: bytes, sample_rate: int = ...
-                   ) -> AsyncIterator[TranscriptDelta | TranscriptDone]: ...
+    def transcribe(self, pcm: bytes, sample_rate: int = ..., *, language: str | None = None,
+                   prompt: str | None = None
+                   ) -> AsyncIterator[TranscriptDelta | TranscriptDone]:
+        """``language``/``prompt``: the session's transcription settings (None: the
+        stage's own)."""
+        ...
 
 
 class Speaker(Protocol):
@@ -84,22 +90,41 @@ class _Failed:
     unavailable: bool
 
 
-_Item = Stage | _Clause | TextDelta | ToolCall | LlmDone | _Failed
+_Item = Stage | _Clause | TextDelta | ToolCallDelta | ToolCall | LlmDone | _Failed
 
 
 class CascadeEngine(Engine):
     """STT, LLM and TTS stage objects behind the Engine interface."""
 
-    def __init__(self, *, stt: Transcriber, llm: ChatModel, tts: Speaker, name: str) -> None:
+    def __init__(self, *, stt: Transcriber, llm: ChatModel, tts: Speaker, name: str,
+                 context_tokens: int | None = None) -> None:
         self.stt, self.llm, self.tts, self.name = stt, llm, tts, name
+        self.transcription: dict[str, Any] = {}  # the session's audio.input.transcription
+        # an in-process model knows its own window; a server's is configured
+        self.context_tokens = getattr(llm, "n_ctx", None) or context_tokens
+
+    def unsupported(self, session: dict[str, Any]) -> tuple[str, str] | None:
+        refused = cascade_unsupported(session)
+        voice = ((session.get("audio") or {}).get("output") or {}).get("voice")
+        knows = getattr(self.tts, "knows", None)
+        if refused is None and isinstance(voice, str) and knows is not None and not knows(voice):
+            return "audio.output.voice", (f"{voice!r} is neither one of OpenAI's voices, nor "
+                                          "in the voice table (CALLGATE_VOICES), nor a Piper "
+                                          "voice")
+        return refused
 
     def stages(self) -> dict[str, str]:
         """What runs each stage (for the start-up log: which LLM is this, really?)."""
         return {name: f"{type(stage).__name__}({getattr(stage, 'model', None) or ''})"
                 for name, stage in (("stt", self.stt), ("llm", self.llm), ("tts", self.tts))}
 
+    async def update(self, session: dict[str, Any]) -> None:
+        audio_in = (session.get("audio") or {}).get("input") or {}
+        self.transcription = dict(audio_in.get("transcription") or {})
+
     async def start(self, session: dict[str, Any]) -> None:
         """Load the embedded models now (off the loop) so the first turn does not wait."""
+        await self.update(session)
         loads = [load() for stage in (self.stt, self.llm, self.tts)
                  if (load := getattr(stage, "load", None)) is not None]
         for result in await asyncio.gather(*loads, return_exceptions=True):
@@ -118,7 +143,9 @@ class CascadeEngine(Engine):
     async def transcribe(self, pcm: bytes) -> AsyncIterator[TranscriptDelta | TranscriptDone
                                                             | Stage | EngineError]:
         try:
-            async with closing(self.stt.transcribe(pcm, self.sample_rate)) as items:
+            async with closing(self.stt.transcribe(
+                    pcm, self.sample_rate, language=self.transcription.get("language"),
+                    prompt=self.transcription.get("prompt"))) as items:
                 async for item in items:
                     if isinstance(item, TranscriptDone):
                         yield Stage("transcript_ready", time.monotonic())
@@ -176,7 +203,7 @@ class CascadeEngine(Engine):
         first = True
         try:
             async for item in self.llm.stream(request):
-                if first and isinstance(item, TextDelta | ToolCall):
+                if first and isinstance(item, TextDelta | ToolCallDelta | ToolCall):
                     queue.put_nowait(Stage("llm_first_token", time.monotonic()))
                     first = False
                 if isinstance(item, TextDelta):
@@ -264,4 +291,6 @@ class LocalEngine(CascadeEngine):
     def __init__(self, settings: Settings, route: ModelRoute | None = None) -> None:
         super().__init__(stt=WhisperTranscriber(settings.stt_model),
                          llm=local_chat_model(settings, route),
-                         tts=PiperSpeech(settings.tts_voice), name="local")
+                         tts=PiperSpeech(settings.tts_voice, voices=settings.voices),
+                         name="local",
+                         context_tokens=settings.llm_context_tokens)

@@ -66,11 +66,14 @@ class HttpTranscriber:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def transcribe(self, pcm: bytes, sample_rate: int = Engine.sample_rate
+    async def transcribe(self, pcm: bytes, sample_rate: int = Engine.sample_rate, *,
+                         language: str | None = None, prompt: str | None = None
                          ) -> AsyncIterator[TranscriptDelta | TranscriptDone]:
         data = {"model": self.model, "response_format": "json"}
-        if self.language:
-            data["language"] = self.language
+        if language or self.language:
+            data["language"] = str(language or self.language)
+        if prompt:
+            data["prompt"] = prompt
         try:
             response = await self._http.post(
                 "/audio/transcriptions", data=data,
@@ -142,4 +145,5 @@ def compat_stages(settings: Settings, route: ModelRoute
 class OpenAICompatEngine(CascadeEngine):
     def __init__(self, settings: Settings, route: ModelRoute) -> None:
         stt, llm, tts = compat_stages(settings, route)
-        super().__init__(stt=stt, llm=llm, tts=tts, name="openai-compatible")
+        super().__init__(stt=stt, llm=llm, tts=tts, name="openai-compatible",
+                         context_tokens=settings.llm_context_tokens)

@@ -138,11 +138,14 @@ class WhisperTranscriber:
     async def load(self) -> None:
         await self.worker.preload(load_job, self._model_args())
 
-    async def transcribe(self, pcm: bytes, sample_rate: int = Engine.sample_rate
+    async def transcribe(self, pcm: bytes, sample_rate: int = Engine.sample_rate, *,
+                         language: str | None = None, prompt: str | None = None
                          ) -> AsyncIterator[TranscriptDelta | TranscriptDone]:
-        """PCM16 mono at ``sample_rate`` -> deltas, then the whole text."""
+        """PCM16 mono at ``sample_rate`` -> deltas, then the whole text. ``language`` and
+        ``prompt`` (Whisper's initial prompt) are the session's, over this stage's own."""
+        options = {**self.options, "initial_prompt": prompt} if prompt else self.options
         args = {**self._model_args(), "pcm": pcm, "sample_rate": sample_rate,
-                "language": self.language, "options": self.options}
+                "language": language or self.language, "options": options}
         parts: list[str] = []
         async with closing(self.worker.iterate(transcribe_job, args)) as texts:
             async for text in texts:

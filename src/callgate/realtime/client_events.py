@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 from callgate.realtime.items import normalize_item
 from callgate.realtime.protocol import ClientEvent, ProtocolError
 from callgate.realtime.responses import ResponseParams
-from callgate.realtime.session_config import apply_update, to_engine_config
+from callgate.realtime.session_config import (
+    apply_update,
+    change_model,
+    check_engine,
+    shown,
+    to_engine_config,
+)
 
 if TYPE_CHECKING:
     from callgate.realtime.session import RealtimeSession
@@ -34,11 +40,18 @@ async def dispatch(session: RealtimeSession, ev: ClientEvent) -> None:
 
 
 async def _session_update(session: RealtimeSession, ev: ClientEvent) -> None:
-    session.config = apply_update(session.config, ev.data["session"],
-                                  standalone=session.output is None)
+    update = ev.data["session"]
+    config = apply_update(session.config, update, standalone=session.output is None)
+    if "model" in update:
+        config["model"] = change_model(session.config["model"], update["model"],
+                                       session.same_engine)
+    check_engine(config, session.engine)
+    session.config = config
+    if not session.engine.duplex:
+        session.mcp.configure(config["tools"])
     session.reconfigure_turns()
     await session.engine.update(to_engine_config(session.config))
-    session.emit({"type": "session.updated", "session": copy.deepcopy(session.config)})
+    session.emit({"type": "session.updated", "session": shown(session.config)})
 
 
 async def _append(session: RealtimeSession, ev: ClientEvent) -> None:

@@ -146,8 +146,9 @@ def normalize_item(item: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
     """
     shown = copy.deepcopy(item)
     shown.setdefault("id", new_id("item"))
-    shown["object"] = "realtime.item"
-    shown["status"] = "completed"
+    if not str(shown.get("type")).startswith("mcp_"):  # MCP items have neither
+        shown["object"] = "realtime.item"
+        shown["status"] = "completed"
     audio: bytes | None = None
     for index, part in enumerate(shown.get("content") or []):
         if part.get("type") == "input_audio" and part.get("audio"):

@@ -11,6 +11,13 @@ Limits: one client event is at most :data:`MAX_EVENT_BYTES` (15 MiB, the size Op
 documents for ``input_audio_buffer.append``). The WebSocket server's own frame limit must sit
 above it (uvicorn's ``ws_max_size`` default, 16 MiB, does) so that an oversized event is
 answered with an ``error`` event instead of a closed socket.
+
+An explicit ``null`` is decided here, once, for every event and the ``/accept`` body: it means
+"not given" (the SDK types every optional field ``Optional[...] = None`` and OpenAI treats
+``null`` as unset, so a ``response.create`` override of ``null`` leaves the session's value in
+force), except for the fields whose SDK docstring gives ``null`` a meaning of its own
+(:data:`NULL_IS_A_VALUE`: turn detection, transcription and noise reduction off, tracing
+disabled). Handlers therefore see either a value or no key at all.
 """
 
 from __future__ import annotations
@@ -24,8 +31,12 @@ from typing import Any
 
 import pydantic
 from openai import BaseModel as SdkModel
+from openai.types.realtime.realtime_audio_config_input import RealtimeAudioConfigInput
 from openai.types.realtime.realtime_client_event import RealtimeClientEvent
 from openai.types.realtime.realtime_session_create_request import RealtimeSessionCreateRequest
+from openai.types.realtime.realtime_transcription_session_audio_input import (
+    RealtimeTranscriptionSessionAudioInput,
+)
 from openai.types.realtime.response_item_reference import ResponseItemReference
 
 from callgate.engines.base import EngineError
@@ -36,6 +47,15 @@ MAX_EVENT_BYTES = 15 * 1024 * 1024
 CLIENT_EVENT_MODELS: dict[str, type[SdkModel]] = {
     typing.get_args(cls.model_fields["type"].annotation)[0]: cls
     for cls in typing.get_args(typing.get_args(RealtimeClientEvent)[0])
+}
+
+# The fields whose ``null`` the SDK documents as a value ("set to null to turn off/disable");
+# tests/realtime/test_rt_nulls.py derives the same set from the SDK's docstrings.
+NULL_IS_A_VALUE: dict[type[pydantic.BaseModel], frozenset[str]] = {
+    RealtimeAudioConfigInput: frozenset({"noise_reduction", "transcription", "turn_detection"}),
+    RealtimeTranscriptionSessionAudioInput: frozenset(
+        {"noise_reduction", "transcription", "turn_detection"}),
+    RealtimeSessionCreateRequest: frozenset({"tracing"}),
 }
 
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*\Z")
@@ -152,6 +172,7 @@ def validate(model: type[SdkModel], raw_json: str, *, event_id: str | None = Non
         param = f"{prefix}{extra}"
         raise ProtocolError(f"Unknown parameter: '{param}'.", code="unknown_parameter",
                             param=param, event_id=event_id)
+    forget_nulls(instance)
     dumped: dict[str, Any] = instance.model_dump(mode="json", exclude_unset=True)
     return dumped
 
@@ -159,6 +180,22 @@ def validate(model: type[SdkModel], raw_json: str, *, event_id: str | None = Non
 def validate_session(session: dict[str, Any]) -> dict[str, Any]:
     """Validate a GA session object (the ``/accept`` body or a default session config)."""
     return validate(RealtimeSessionCreateRequest, json.dumps(session), prefix="session.")
+
+
+def forget_nulls(value: object) -> None:
+    """Mark every explicit ``null`` as not given, except those in :data:`NULL_IS_A_VALUE`."""
+    if isinstance(value, pydantic.BaseModel):
+        meaningful = NULL_IS_A_VALUE.get(type(value), frozenset())
+        given = value.model_fields_set
+        for name in list(given):
+            field_value = getattr(value, name)
+            if field_value is None and name not in meaningful:
+                given.discard(name)
+            else:
+                forget_nulls(field_value)
+    elif isinstance(value, list):
+        for element in value:
+            forget_nulls(element)
 
 
 def find_extra(value: object, path: str = "") -> str | None:

@@ -13,15 +13,18 @@ from typing import Any
 from callgate.engines.base import Engine
 from callgate.engines.vad import VoiceActivity
 from callgate.realtime.session import RealtimeSession
+from callgate.realtime.session_config import SameEngine
 
 EngineFactory = Callable[[str], Awaitable[Engine]]
 
 
 class SessionRegistry:
     def __init__(self, engine_factory: EngineFactory | None = None, *,
-                 vad_factory: Callable[[], VoiceActivity | None] | None = None) -> None:
+                 vad_factory: Callable[[], VoiceActivity | None] | None = None,
+                 same_engine: SameEngine | None = None) -> None:
         self.engine_factory = engine_factory
         self.vad_factory = vad_factory
+        self.same_engine = same_engine
         self._calls: dict[str, RealtimeSession] = {}
         self._standalone: dict[str, RealtimeSession] = {}
 
@@ -52,7 +55,7 @@ class SessionRegistry:
         try:
             session = RealtimeSession(config={"type": "realtime", **(config or {}),
                                               "model": model},
-                                      engine=engine,
+                                      engine=engine, same_engine=self.same_engine,
                                       vad=self.vad_factory() if self.vad_factory else None)
             await session.start()
         except BaseException:

@@ -30,10 +30,13 @@ from callgate.engines.base import (
     Stage,
     TextDelta,
     ToolCall,
+    ToolCallDelta,
 )
 from callgate.log import event
 from callgate.realtime.items import Conversation
+from callgate.realtime.mcp import mcp_item
 from callgate.realtime.protocol import engine_error_event, new_id
+from callgate.realtime.session_config import voice_name
 
 logger = logging.getLogger(__name__)
 
@@ -115,15 +118,18 @@ class ResponseParams:
     metadata: dict[str, str] | None = None
 
 
-def engine_request(params: ResponseParams, items: list[dict[str, Any]]) -> ResponseRequest:
-    """What the engine is asked: the response settings and the conversation (copies)."""
+def engine_request(params: ResponseParams, items: list[dict[str, Any]],
+                   mcp_functions: list[dict[str, Any]] | None = None) -> ResponseRequest:
+    """What the engine is asked: the response settings and the conversation (copies); the
+    MCP servers' tools join the function tools."""
     max_tokens = params.max_output_tokens
     return ResponseRequest(
         instructions=params.instructions,
         conversation=[copy.deepcopy(i) for i in items],
-        tools=[t for t in params.tools if t.get("type", "function") == "function"],
+        tools=[t for t in params.tools if t.get("type", "function") == "function"]
+        + list(mcp_functions or []),
         tool_choice=params.tool_choice,
-        voice=params.voice.get("id") if isinstance(params.voice, dict) else params.voice,
+        voice=voice_name(params.voice),
         speed=params.speed,
         max_output_tokens=max_tokens if isinstance(max_tokens, int) else None,
         output_modalities=tuple(params.output_modalities))
@@ -135,8 +141,12 @@ class ResponseRun:
     def __init__(self, *, params: ResponseParams, conversation: Conversation, emit: Emit,
                  output: AudioOutput | None, clock: Callable[[], float], timeline: Timeline,
                  on_done: Callable[[ResponseRun], None],
-                 log_fields: dict[str, Any] | None = None) -> None:
+                 log_fields: dict[str, Any] | None = None,
+                 mcp_tools: dict[str, dict[str, Any]] | None = None) -> None:
         self.id = new_id("resp")
+        # MCP tools the model may call, by name: {"tool": the session's mcp entry, "hints"}
+        self.mcp_tools = mcp_tools or {}
+        self.mcp_pending: list[dict[str, Any]] = []  # mcp_call items to run on the server
         self.params = params
         self.timeline = timeline
         self.playbacks: list[Playback] = []
@@ -150,6 +160,7 @@ class ResponseRun:
         self._log = log_fields or {}
         self._items: list[dict[str, Any]] = []
         self._message: dict[str, Any] | None = None
+        self._calls: dict[str, dict[str, Any]] = {}  # call_id -> its open function_call item
         self._samples = 0
         self._audio_started = False
         self._engine_done: ResponseDone | None = None
@@ -174,6 +185,8 @@ class ResponseRun:
             self._text(ev.text)
         elif isinstance(ev, AudioDelta):
             self._audio(ev.pcm)
+        elif isinstance(ev, ToolCallDelta):
+            self._tool_call_delta(ev)
         elif isinstance(ev, ToolCall):
             self._tool_call(ev)
         elif isinstance(ev, Stage):
@@ -242,20 +255,78 @@ class ResponseRun:
             self._emit(self._part_event("response.output_audio.delta", item,
                                         delta=base64.b64encode(chunk).decode()))
 
+    def _calling(self, call_id: str, name: str) -> dict[str, Any]:
+        """The function_call item of ``call_id``, added at its first argument piece."""
+        item = self._calls.get(call_id)
+        if item is None:
+            self._close_message("completed")
+            mcp = self.mcp_tools.get(name)
+            if mcp is None:
+                item = {"id": new_id("item"), "object": "realtime.item",
+                        "type": "function_call", "status": "in_progress", "name": name,
+                        "call_id": call_id, "arguments": ""}
+            else:
+                item = mcp_item(mcp["tool"], name, mcp.get("hints"))
+            self._add_item(item)
+            self._calls[call_id] = item
+        return item
+
+    def _arguments_event(self, kind: str, item: dict[str, Any], **fields: Any
+                         ) -> dict[str, Any] | None:
+        """``response.function_call_arguments.*`` or ``response.mcp_call_arguments.*``; an
+        approval request shows its arguments only in the item."""
+        ev = {"response_id": self.id, "item_id": item["id"],
+              "output_index": self._items.index(item), **fields}
+        if item["type"] == "function_call":
+            return {"type": f"response.function_call_arguments.{kind}",
+                    "call_id": item["call_id"], **ev}
+        if item["type"] == "mcp_call":
+            ev.pop("name", None)
+            return {"type": f"response.mcp_call_arguments.{kind}", **ev}
+        return None
+
+    def _emit_some(self, ev: dict[str, Any] | None) -> None:
+        if ev is not None:
+            self._emit(ev)
+
+    def _tool_call_delta(self, piece: ToolCallDelta) -> None:
+        """Arguments stream out as the model writes them (as OpenAI streams them)."""
+        item = self._calling(piece.call_id, piece.name)
+        item["arguments"] += piece.delta
+        self._emit_some(self._arguments_event("delta", item, delta=piece.delta))
+
     def _tool_call(self, call: ToolCall) -> None:
-        self._close_message("completed")
-        item: dict[str, Any] = {"id": new_id("item"), "object": "realtime.item",
-                                "type": "function_call", "status": "in_progress",
-                                "name": call.name, "call_id": call.call_id, "arguments": ""}
-        index = self._add_item(item)
-        common = {"response_id": self.id, "item_id": item["id"], "output_index": index,
-                  "call_id": call.call_id}
-        self._emit({"type": "response.function_call_arguments.delta", **common,
-                    "delta": call.arguments})
+        item = self._calling(call.call_id, call.name)
+        if call.arguments != item["arguments"]:  # no pieces came, or they fell short
+            rest = call.arguments[len(item["arguments"]):] \
+                if call.arguments.startswith(item["arguments"]) else call.arguments
+            self._emit_some(self._arguments_event("delta", item, delta=rest))
         item["arguments"] = call.arguments
-        self._emit({"type": "response.function_call_arguments.done", **common,
-                    "name": call.name, "arguments": call.arguments})
+        self._emit_some(self._arguments_event("done", item, name=call.name,
+                                              arguments=call.arguments))
+        del self._calls[call.call_id]
+        if item["type"] == "mcp_call":  # the session runs it, then closes it
+            self.mcp_pending.append(item)
+        else:
+            self._close_item(item, "completed")
+
+    def mcp_started(self, item: dict[str, Any]) -> None:
+        self._emit({"type": "response.mcp_call.in_progress", "item_id": item["id"],
+                    "output_index": self._items.index(item)})
+
+    def mcp_finished(self, item: dict[str, Any]) -> None:
+        """The server answered (``output``) or failed (``error``)."""
+        kind = "failed" if item.get("error") is not None else "completed"
+        self._emit({"type": f"response.mcp_call.{kind}", "item_id": item["id"],
+                    "output_index": self._items.index(item)})
         self._close_item(item, "completed")
+
+    def add_mcp_call(self, item: dict[str, Any]) -> None:
+        """A call the application approved, run at the start of this response."""
+        self._close_message("completed")
+        self._add_item(item)
+        self._emit_some(self._arguments_event("done", item, arguments=item["arguments"]))
+        self.mcp_pending.append(item)
 
     # --- items -------------------------------------------------------------------------------
     def _add_item(self, item: dict[str, Any]) -> int:
@@ -270,7 +341,8 @@ class ResponseRun:
         return index
 
     def _close_item(self, item: dict[str, Any], status: str) -> None:
-        item["status"] = status
+        if "status" in item:  # MCP items have none
+            item["status"] = status
         index = self._items.index(item)
         self._emit({"type": "response.output_item.done", "response_id": self.id,
                     "output_index": index, "item": copy.deepcopy(item)})
@@ -315,6 +387,10 @@ class ResponseRun:
         self.status = status
         item_status = "completed" if status == "completed" else "incomplete"
         self._close_message(item_status)
+        for call in [*self._calls.values(), *self.mcp_pending]:  # cut off unfinished
+            self._close_item(call, "incomplete")
+        self._calls.clear()
+        self.mcp_pending.clear()
         details: dict[str, Any] | None = None
         if status != "completed":
             details = {"type": status}
@@ -340,7 +416,7 @@ class ResponseRun:
             "output_modalities": list(self.params.output_modalities),
             "max_output_tokens": self.params.max_output_tokens,
             "audio": {"output": {"format": dict(self.params.audio_format),
-                                 "voice": self.params.voice}},
+                                 "voice": voice_name(self.params.voice)}},
             "usage": _usage(self._engine_done.usage if self._engine_done else {}) if done
             else None,
             "metadata": self.params.metadata,

@@ -32,6 +32,7 @@ from callgate.engines.vad import VoiceActivity
 from callgate.log import event
 from callgate.realtime import client_events
 from callgate.realtime.items import Conversation
+from callgate.realtime.mcp import McpTools, as_function_items
 from callgate.realtime.playback import LinePlayback
 from callgate.realtime.protocol import ProtocolError, new_id, parse_client_event, validate_session
 from callgate.realtime.relay import Relay, RelayEngine
@@ -42,9 +43,17 @@ from callgate.realtime.responses import (
     Timeline,
     engine_request,
 )
-from callgate.realtime.session_config import apply_update, default_session, to_engine_config
+from callgate.realtime.session_config import (
+    SameEngine,
+    apply_update,
+    check_engine,
+    default_session,
+    shown,
+    to_engine_config,
+)
 from callgate.realtime.subscribers import Subscription
 from callgate.realtime.transcription import EarlyTranscription, ItemTranscript, Transcript
+from callgate.realtime.truncation import REPLY_TOKENS, ContextWindow
 from callgate.realtime.turns import (
     EndOfTurnModel,
     IdleTimeout,
@@ -69,8 +78,10 @@ class RealtimeSession:
     def __init__(self, *, config: dict[str, Any], engine: Engine, call_id: str | None = None,
                  output: AudioOutput | None = None, vad: VoiceActivity | None = None,
                  end_of_turn: EndOfTurnModel | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """``config``: a GA session object (the ``/accept`` body); raises ProtocolError."""
+                 clock: Callable[[], float] = time.monotonic,
+                 same_engine: SameEngine | None = None) -> None:
+        """``config``: a GA session object (the ``/accept`` body); raises ProtocolError, also
+        for a setting that ``engine`` cannot carry out."""
         given = validate_session({"type": "realtime", **config})
         self.session_id = new_id("sess")
         self.call_id = call_id
@@ -90,7 +101,11 @@ class RealtimeSession:
         chosen = "turn_detection" in (given.get("audio") or {}).get("input", {})
         self._default_turns = (None if chosen else
                                copy.deepcopy(self.config["audio"]["input"]["turn_detection"]))
+        check_engine(self.config, engine)
+        self.same_engine = same_engine
         self.conversation = Conversation()
+        self.window = ContextWindow()
+        self.mcp = McpTools(self.conversation, self.emit, self.spawn)
         self.buffer = InputAudioBuffer()
         self.detector: TurnDetector | None = None
         self.active: ResponseRun | None = None
@@ -104,7 +119,7 @@ class RealtimeSession:
         self._next_timeline: Timeline | None = None
         self._active_task: asyncio.Task[None] | None = None
         self._transcriptions: dict[str, asyncio.Task[None]] = {}
-        self._early = EarlyTranscription(engine, self.emit)
+        self._early = EarlyTranscription(engine, self.emit, self._transcription_shown)
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_response_id: str | None = None
         self.reconfigure_turns()
@@ -116,6 +131,8 @@ class RealtimeSession:
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         await self.engine.start(to_engine_config(self.config))
+        if not self.engine.duplex:
+            self.mcp.configure(self.config["tools"])
         if self.engine.duplex:
             self.spawn(self._pump_duplex())
         elif self._end_of_turn is not None:
@@ -156,7 +173,7 @@ class RealtimeSession:
         """A new observer; its first event is ``session.created``."""
         sub = Subscription(self._unsubscribe)
         sub.put({"type": "session.created", "event_id": new_id("event"),
-                 "session": copy.deepcopy(self.config)})
+                 "session": shown(self.config)})
         if self.closed:
             sub.close()
         else:
@@ -360,6 +377,11 @@ class RealtimeSession:
         self.emit({"type": "conversation.item.done", "previous_item_id": previous,
                    "item": copy.deepcopy(item)})
 
+    def _transcription_shown(self) -> bool:
+        """``transcription: null`` turns the transcription events off (the words are still
+        taken: the language model reads them)."""
+        return self.config["audio"]["input"].get("transcription") is not None
+
     def transcribe(self, item_id: str, pcm: bytes, timeline: Timeline | None = None) -> None:
         transcript = self._early.item(item_id)
         self._transcribe(transcript, transcript.run(pcm), timeline)
@@ -406,20 +428,18 @@ class RealtimeSession:
             pending = list(self._transcriptions.values())
             if pending:  # the model reads the caller's words: wait for them
                 await asyncio.wait(pending)
-            if run.finished:
-                return
-            items = run.params.input
-            stream = self.engine.respond(engine_request(
-                run.params, self.conversation.items() if items is None else items))
-            try:
-                async for ev in stream:
-                    run.handle(ev)
-                    if run.finished or isinstance(ev, ResponseDone):
-                        break
-            finally:
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            await self.mcp.ready()
+            run.mcp_tools, mcp_functions = self.mcp.for_model()
+            for call in self.mcp.approved_calls():
+                run.add_mcp_call(call)
+            # the model answers, runs the MCP calls it made, and reads their results
+            while not run.finished:
+                await self.mcp.run_calls(run)
+                if run.finished:
+                    return
+                await self._engine_round(run, mcp_functions)
+                if not run.mcp_pending:
+                    break
             run.finish_from_engine()
         except asyncio.CancelledError:
             run.finish("cancelled")
@@ -427,6 +447,27 @@ class RealtimeSession:
             logger.exception("response failed")
             run.finish("failed", error={"type": "server_error", "code": "engine_error",
                                         "message": str(exc) or type(exc).__name__})
+
+    async def _engine_round(self, run: ResponseRun, tools: list[dict[str, Any]]) -> None:
+        items = run.params.input
+        if items is None:
+            reply = run.params.max_output_tokens
+            items = self.window.fit(
+                as_function_items(self.conversation.items()),
+                instructions=run.params.instructions,
+                truncation=self.config.get("truncation") or "auto",
+                context_tokens=self.engine.context_tokens,
+                reply_tokens=reply if isinstance(reply, int) else REPLY_TOKENS)
+        stream = self.engine.respond(engine_request(run.params, items, tools))
+        try:
+            async for ev in stream:
+                run.handle(ev)
+                if run.finished or isinstance(ev, ResponseDone):
+                    break
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def _response_done(self, run: ResponseRun) -> None:
         if self.active is run:

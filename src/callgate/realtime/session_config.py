@@ -11,9 +11,19 @@ turn detection object given is completed with the defaults of its type.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
+from openai.types.realtime.realtime_session_create_response import (
+    RealtimeSessionCreateResponse,
+)
+
+from callgate.config import OPENAI_MODEL_PREFIXES
+from callgate.engines.base import Engine
 from callgate.realtime.protocol import ProtocolError
+
+# Whether two model names select the same engine (Settings.same_engine).
+SameEngine = Callable[[str, str], bool]
 
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful, friendly voice assistant on a phone call. Keep answers short and "
@@ -22,6 +32,9 @@ DEFAULT_INSTRUCTIONS = (
 SESSION_LIFETIME_S = 60 * 60  # reported in expires_at, as OpenAI reports its session limit
 PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": 24000}
 
+# Unlike OpenAI (off unless asked for), callgate transcribes every user turn anyway (its
+# language model reads text), so transcripts are shown by default; ``null`` turns them off.
+TRANSCRIPTION_DEFAULTS: dict[str, Any] = {"model": "whisper-1"}
 SERVER_VAD_DEFAULTS: dict[str, Any] = {
     "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
     "silence_duration_ms": 500, "idle_timeout_ms": None, "create_response": True,
@@ -53,7 +66,7 @@ def default_session(session_id: str, model: str, now_unix: float) -> dict[str, A
         "expires_at": int(now_unix) + SESSION_LIFETIME_S,
         "include": None,
         "audio": {
-            "input": {"format": dict(PCM_FORMAT), "transcription": None,
+            "input": {"format": dict(PCM_FORMAT), "transcription": dict(TRANSCRIPTION_DEFAULTS),
                       "noise_reduction": None, "turn_detection": dict(SERVER_VAD_DEFAULTS)},
             "output": {"format": dict(PCM_FORMAT), "voice": "alloy", "speed": 1.0},
         },
@@ -64,7 +77,8 @@ def apply_update(current: dict[str, Any], update: dict[str, Any], *,
                  standalone: bool) -> dict[str, Any]:
     """The session after ``update`` (validated ``session`` of a ``session.update``).
 
-    ``model`` is kept: the engine behind a session is chosen once, when it starts.
+    ``model`` is left to :func:`change_model`: the engine behind a session is chosen once,
+    when it starts.
     Standalone sessions carry their audio on the socket and speak only ``audio/pcm`` at
     24 kHz; call sessions get their audio from the phone line, whose codec SDP negotiated,
     so any format is accepted there and only reported back.
@@ -111,12 +125,64 @@ def apply_update(current: dict[str, Any], update: dict[str, Any], *,
     return new
 
 
+def change_model(current: str, wanted: str, same_engine: SameEngine | None) -> str:
+    """The session's model after a ``session.update`` that names ``wanted``.
+
+    The engine behind a session is chosen when it starts, so a name served by another engine
+    is refused; a name served by the same one (OpenAI's realtime names are aliases of the
+    default engine) is taken. Without ``same_engine``, only OpenAI's names are known to share
+    one.
+    """
+    if wanted == current:
+        return current
+    if same_engine is not None:
+        same = same_engine(current, wanted)
+    else:
+        same = current.startswith(OPENAI_MODEL_PREFIXES) and \
+            wanted.startswith(OPENAI_MODEL_PREFIXES)
+    if not same:
+        raise ProtocolError(
+            f"The model cannot change during a session: this session runs {current!r}, and "
+            f"{wanted!r} is not served by the same engine. Start a new session (or accept "
+            f"the call) with model {wanted!r}.", code="model_change_unsupported",
+            param="session.model")
+    return wanted
+
+
+def check_engine(session: dict[str, Any], engine: Engine) -> None:
+    """Refuse a setting that the session's engine cannot carry out, naming it."""
+    refused = engine.unsupported(session)
+    if refused is not None:
+        path, why = refused
+        raise ProtocolError(f"'session.{path}' is not supported with model "
+                            f"{session.get('model')!r}: {why}.", code="unsupported_for_model",
+                            param=f"session.{path}")
+
+
 def complete_turn_detection(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return None
     defaults = SERVER_VAD_DEFAULTS if value.get("type") == "server_vad" else \
         SEMANTIC_VAD_DEFAULTS
     return {**defaults, **value}
+
+
+def voice_name(voice: Any) -> str:
+    """A voice by name: a custom voice (``{"id": "voice_…"}``) by its id, as the session and
+    response objects (which type the voice as a string) show it."""
+    return str(voice["id"]) if isinstance(voice, dict) else str(voice)
+
+
+def shown(session: dict[str, Any]) -> dict[str, Any]:
+    """The session as ``session.created``/``session.updated`` show it: the fields of the SDK's
+    session object. Settings the request takes but the object lacks (``parallel_tool_calls``)
+    still apply; a strict client would refuse an event that showed them."""
+    out = {key: copy.deepcopy(value) for key, value in session.items()
+           if key in RealtimeSessionCreateResponse.model_fields}
+    output = out["audio"]["output"]
+    if output.get("voice") is not None:
+        output["voice"] = voice_name(output["voice"])
+    return out
 
 
 def to_engine_config(session: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Cascade engines need the text (the language model reads the conversation as text), so every
 committed audio item is transcribed, whether or not the client configured
-``audio.input.transcription``; the events tell the client what was understood.
+``audio.input.transcription``. The ``conversation.item.input_audio_transcription.*`` events
+tell the client what was understood only while transcription is on: ``transcription: null``
+turns them off, as it does at OpenAI (``shown`` is then False).
 
 A turn may be transcribed more than once: :class:`EarlyTranscription` starts a run at each
 pause of the caller (see realtime/turns.py), while the turn may still go on, so that the
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +41,8 @@ class Transcript:
 class ItemTranscript:
     """The transcription runs of one user item and the deltas they have sent."""
 
-    def __init__(self, engine: Engine, emit: Emit, item_id: str) -> None:
-        self.engine, self.emit, self.item_id = engine, emit, item_id
+    def __init__(self, engine: Engine, emit: Emit, item_id: str, *, shown: bool) -> None:
+        self.engine, self.emit, self.item_id, self.shown = engine, emit, item_id, shown
         self._sent = ""
 
     async def run(self, pcm: bytes) -> Transcript:
@@ -74,7 +76,7 @@ class ItemTranscript:
                           stages, len(pcm) / 48000)
 
     def _offer(self, text: str) -> None:
-        if text.startswith(self._sent) and len(text) > len(self._sent):
+        if self.shown and text.startswith(self._sent) and len(text) > len(self._sent):
             delta, self._sent = text[len(self._sent):], text
             self.emit({"type": "conversation.item.input_audio_transcription.delta",
                        "item_id": self.item_id, "content_index": 0, "delta": delta})
@@ -88,6 +90,8 @@ class ItemTranscript:
         item = conversation.get(self.item_id)
         if item is not None:
             item["content"][0]["transcript"] = "" if result.failure else result.text
+        if not self.shown:
+            return
         if result.failure is not None:
             self.emit({"type": "conversation.item.input_audio_transcription.failed",
                        "item_id": self.item_id, "content_index": 0, "error": result.failure})
@@ -109,8 +113,8 @@ class _EarlyRun:
 class EarlyTranscription:
     """The run started at the caller's latest pause, kept until the turn is committed."""
 
-    def __init__(self, engine: Engine, emit: Emit) -> None:
-        self.engine, self.emit = engine, emit
+    def __init__(self, engine: Engine, emit: Emit, shown: Callable[[], bool]) -> None:
+        self.engine, self.emit, self._shown = engine, emit, shown
         self._run: _EarlyRun | None = None
 
     def paused(self, item_id: str, pause_id: int, pcm: bytes) -> None:
@@ -135,7 +139,7 @@ class EarlyTranscription:
         return transcript, transcript.run(pcm)
 
     def item(self, item_id: str) -> ItemTranscript:
-        return ItemTranscript(self.engine, self.emit, item_id)
+        return ItemTranscript(self.engine, self.emit, item_id, shown=self._shown())
 
     def discard(self) -> _EarlyRun | None:
         """Stop the early run, if any (also: the session ends); returns it."""
