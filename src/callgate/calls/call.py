@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from callgate.calls.session_timer import SessionTimer
 from callgate.calls.state import CallState, transition
 from callgate.log import event
+from callgate.observe.events import CallObserver, CallStateChanged
 from callgate.sip.dialog import Dialog
 from callgate.sip.events import Addr, TxKey
 from callgate.sip.message import Request
@@ -55,6 +57,7 @@ class Call:
     refer_status: int | None = None
     end_reason: str | None = None
     handles: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    observer: CallObserver | None = None
 
     @property
     def sip_call_id(self) -> str:
@@ -73,6 +76,9 @@ class Call:
             self.end_reason = reason
         event(logger, "call.state", call_id=self.id, sip_call_id=self.sip_call_id,
               old=old.value, new=new.value, reason=reason)
+        if self.observer is not None:
+            self.observer.call_event(CallStateChanged(self.id, old.value, new.value, reason,
+                                                      time.time(), new.is_final))
 
     def arm(self, name: str, delay: float, callback: Any, *args: Any) -> None:
         self.disarm(name)

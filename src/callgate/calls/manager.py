@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from callgate.calls.call import Call
 from callgate.calls.control import CallError, CallNotFound, CallStateConflict, InvalidCallRequest
+from callgate.calls.reporting import call_answered, call_started
 from callgate.calls.state import CallState
 from callgate.calls.webhook import WebhookSender, build_incoming_event
 from callgate.config import Settings
@@ -26,6 +27,7 @@ from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool, PortsExhausted
 from callgate.media.srtp import new_crypto
 from callgate.media.stream import MediaStream
+from callgate.observe.events import CallObserver, CallSetupFailed, Observers
 from callgate.realtime import ProtocolError, validate_session
 from callgate.realtime.registry import SessionRegistry
 from callgate.realtime.session import RealtimeSession
@@ -75,7 +77,7 @@ class LineOutput:
 class CallManager:
     def __init__(self, settings: Settings, *, sessions: SessionRegistry,
                  engine_factory: EngineFactory, port_pool: PortPool, tick: SendTick,
-                 webhooks: WebhookSender | None,
+                 webhooks: WebhookSender | None, observer: CallObserver | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -84,6 +86,7 @@ class CallManager:
         self.tick = tick
         self.webhooks = webhooks
         self.clock = clock
+        self.observer: CallObserver = observer or Observers()
         self.signalling: Signalling | None = None  # set by Signalling itself
         self.calls: dict[str, Call] = {}
         self.ended: OrderedDict[str, CallState] = OrderedDict()
@@ -125,6 +128,8 @@ class CallManager:
     def offer_call(self, call: Call) -> None:
         """A new INVITE is ringing: ask the application, or auto-accept without a webhook."""
         self.calls[call.id] = call
+        call.observer = self.observer
+        self.observer.call_event(call_started(call, "inbound", self.clock()))
         call.arm("accept_timeout", self.settings.accept_timeout, self._accept_timeout, call)
         if self.webhooks is None:
             self.spawn(self._auto_accept(call), f"auto-accept {call.id}")
@@ -153,6 +158,7 @@ class CallManager:
         """Answer the INVITE with a final error status and forget the call."""
         response = make_response(call.invite, status, to_tag=call.local_tag, headers=headers or [])
         self._sig().send_response(call, response)
+        self.observer.call_event(CallSetupFailed(call.id, status, reason))
         call.move(state, reason)
         self.spawn(self.release(call), f"release {call.id}")
 
@@ -263,6 +269,7 @@ class CallManager:
         if call.negotiated is not None:
             media.start(call.negotiated, pcm_rate=ENGINE_RATE)
         await rt.start()
+        self.observer.call_event(call_answered(call, media, rt, self.clock()))
 
     async def reject(self, call_id: str, status_code: int) -> None:
         call = self.lookup(call_id) if call_id not in self.ended else None

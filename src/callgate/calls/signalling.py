@@ -21,6 +21,7 @@ from callgate.calls.session_timer import IntervalTooSmall, SessionTimer, negotia
 from callgate.calls.state import CallState
 from callgate.log import event
 from callgate.media.dtmf import parse_dtmf_relay
+from callgate.observe.events import CallRefused
 from callgate.sip import events as ev
 from callgate.sip.dialog import Dialog, DialogSet
 from callgate.sip.message import Request, Response, SipParseError, make_response, new_tag
@@ -192,6 +193,8 @@ class Signalling:
             self.sip.send_response(rx.tx_key, error)
             event(logger, "sip.request_refused", sip_call_id=_safe_call_id(request),
                   method=request.method, status=error.status)
+            if request.method == "INVITE" and not request.to.tag:
+                self.calls.observer.call_event(CallRefused(error.status, "invalid_request"))
             return
         if request.to.tag:
             self._in_dialog(rx)
@@ -211,6 +214,7 @@ class Signalling:
             self._reply(rx, 503, "Service Unavailable", headers=[("Retry-After", "10")])
             event(logger, "sip.overload", sip_call_id=request.call_id,
                   calls=self.calls.active_count)
+            self.calls.observer.call_event(CallRefused(503, "max_calls"))
             return
         try:
             offer = parse_sdp(request.body) if request.body else None
@@ -228,6 +232,7 @@ class Signalling:
                 self._reply(rx, exc.status, headers=[("Warning", exc.warning)])
                 event(logger, "sip.offer_refused", sip_call_id=request.call_id,
                       reason=exc.reason)
+                self.calls.observer.call_event(CallRefused(exc.status, "no_acceptable_media"))
                 return
         try:
             timer = negotiate(request, default_interval=self.settings.session_expires)
