@@ -64,9 +64,10 @@ def _ulaw(sample: int) -> int:
     return ~(sign | (exponent << 4) | mantissa) & 0xFF
 
 
-def scrape(gw: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(gw: Gateway, api_key: str = API_KEY
+           ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = httpx.get(f"{gw.http}/metrics", timeout=5,
-                         headers={"Authorization": f"Bearer {API_KEY}"})
+                         headers={"Authorization": f"Bearer {api_key}"})
     response.raise_for_status()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(response.text)

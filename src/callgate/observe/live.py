@@ -226,6 +226,7 @@ class CallWatch:
         call.tee = AudioTee(ev.media, recorder)
         call.task = asyncio.get_running_loop().create_task(self._follow(call, ev.session))
         self._save(call)
+        self._publish("call", call.summary())
 
     def _ended(self, call: LiveCall, ev: CallStateChanged) -> None:
         call.ended_at, call.end_reason = ev.at, ev.reason
