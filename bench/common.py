@@ -316,6 +316,7 @@ def callgate(workdir: Path, *, cpu: int | None, **settings: str) -> Iterator[Cal
         "CALLGATE_PROJECT_ID": PROJECT_ID, "CALLGATE_RTP_PORTS": RTP_PORTS,
         "CALLGATE_MAX_CALLS": "5000",
         "CALLGATE_DEFAULT_SESSION": json.dumps({"type": "realtime", "model": "echo"}),
+        "CALLGATE_DATA_DIR": str(workdir / "data"),
     })
     env.update({f"CALLGATE_{k.upper()}": v for k, v in settings.items()})
     log_path = workdir / f"callgate-{sip_port}.log"

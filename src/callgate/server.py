@@ -42,6 +42,8 @@ from callgate.sip.transport import SipTransportManager
 
 logger = logging.getLogger("callgate.server")
 
+PRUNE_INTERVAL = 3600.0  # seconds between enforcements of the recordings' retention
+
 
 @dataclass
 class Gateway:
@@ -58,6 +60,7 @@ class Gateway:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     records: RecordStore | None = None
     watch: CallWatch = field(init=False)
+    pruner: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.sessions = SessionRegistry(self.engine_for)
@@ -69,6 +72,16 @@ class Gateway:
         self.watch = CallWatch(metrics=self.metrics, records=self.records,
                                recordings=s.data_dir / "recordings",
                                record_all=s.record_calls, model_label=self._model_label)
+
+    async def _prune_recordings(self) -> None:
+        """Enforce the recordings' retention at start and every hour, off the loop thread
+        (a folder of many files takes a while to scan)."""
+        folder, days = self.settings.data_dir / "recordings", self.settings.recording_retention_days
+        while True:
+            removed = await asyncio.to_thread(prune, folder, days)
+            if removed:
+                event(logger, "recordings.pruned", folder=str(folder), removed=removed)
+            await asyncio.sleep(PRUNE_INTERVAL)
 
     def _record_dropped(self, reason: str, count: int) -> None:
         self.metrics.records_dropped.labels(reason).inc(count)
@@ -116,8 +129,8 @@ class Gateway:
         tls = _tls_context(s)
         if self.records is not None:
             await self.records.open()
-        event(logger, "recordings.pruned", folder=str(s.data_dir / "recordings"),
-              removed=prune(s.data_dir / "recordings", s.recording_retention_days))
+        if s.recording_retention_days > 0:
+            self.pruner = asyncio.create_task(self._prune_recordings(), name="prune")
         observers = Observers(self.watch)
         webhooks = (WebhookSender(s.webhook_url, s.webhook_secret, timeout=s.webhook_timeout,
                                   observer=observers) if s.webhook_url else None)
@@ -182,6 +195,9 @@ class Gateway:
                 await self.http_task
         await self.sessions.close_all()
         await self.watch.close()
+        if self.pruner is not None:
+            self.pruner.cancel()
+            await asyncio.gather(self.pruner, return_exceptions=True)
         if self.records is not None:
             await self.records.close()
         self.tick.stop()

@@ -105,6 +105,7 @@ def test_records_on_sqlite(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "callgate.db").is_file()
 
 
+@pytest.mark.slow
 def test_records_on_postgresql(postgres: Postgres) -> None:
     asyncio.run(exercise(database_url(postgres.url, Path("unused"))))
 
@@ -148,6 +149,7 @@ def test_a_full_queue_drops_the_newest(tmp_path: Path) -> None:
     assert asyncio.run(run()) == [("queue_full", 1)] * 5
 
 
+@pytest.mark.slow
 def test_postgres_outage_then_recovery(postgres: Postgres) -> None:
     async def run() -> list[tuple[str, int]]:
         dropped: list[tuple[str, int]] = []

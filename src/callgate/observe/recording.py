@@ -11,6 +11,7 @@ hang-up; a write error stops the recording, never the call.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import time
@@ -77,10 +78,11 @@ class StereoRecorder:
                 self._flush()
             self._file.seek(0)
             self._file.write(_wav_header(self.rate, self._written))
+            self._file.close()
         except OSError as exc:
             self._fail(exc)
-        finally:
-            self._file.close()
+            with contextlib.suppress(OSError):  # the buffer that failed is dropped with it
+                self._file.close()
         event(logger, "recording.finished", call_id=self.call_id, path=str(self.path),
               seconds=round(self._written / self.rate, 2), failed=self.failed)
 
