@@ -63,6 +63,9 @@ def test_postgres_records_and_an_outage_mid_call(tmp_path: Path, postgres: Postg
         runner.start()
         wait_until(lambda: value(scrape(gw), "callgate_calls_in_progress", state="active",
                                  direction="inbound") == 1)
+        # The database's copy follows the call's state: the list finds it by state.
+        wait_until(lambda: len(httpx.get(f"{gw.http}/v1/realtime/calls",
+                                         params={"state": "active"}).json()["data"]) == 1)
         postgres.stop("immediate")
         runner.join(timeout=40)
         assert result and result[0].successful == 1, result and result[0].output

@@ -201,6 +201,8 @@ class CallWatch:
         call.state = ev.new
         if ev.final:
             self._ended(call, ev)
+        else:  # the database's copy answers the list's state filter: keep it current
+            self._save(call)
         self._publish("call", call.summary())
 
     def _answered(self, ev: CallAnswered) -> None:

@@ -114,7 +114,10 @@ function handle(update) {
     case "call": {
       const known = state.live.get(data.id);
       const merged = { ...(known || {}), ...data };
-      if (data.ended_at) state.live.delete(data.id); else state.live.set(data.id, merged);
+      if (data.ended_at) {
+        state.live.delete(data.id);
+        if (state.view === "live") setTimeout(loadCharts, 1000);  // once the record is written
+      } else state.live.set(data.id, merged);
       if (state.callId === data.id && state.record) {
         state.record = { ...state.record, ...data };
         renderCall();
