@@ -209,7 +209,9 @@ class CallWatch:
         call = self.calls.get(ev.call_id)
         if call is None:
             return
-        call.answered_at, call.model, call.codec, call.sip_status = ev.at, ev.model, ev.codec, 200
+        # No model in the accept body means the default one, which the label names.
+        call.model = ev.model or self.model_label(ev.model)
+        call.answered_at, call.codec, call.sip_status = ev.at, ev.codec, 200
         self.metrics.setup.labels("200").inc()
         self.metrics.invite_to_answer.observe(max(ev.at - call.started_at, 0.0))
         self.metrics.sessions.labels(self.model_label(ev.model)).inc()
