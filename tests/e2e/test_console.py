@@ -6,12 +6,14 @@ VAD, Whisper tiny, a scripted OpenAI-compatible LLM on loopback, Piper) and asks
 The page must show the live call, the caller's and the agent's transcript lines as they are
 spoken, and the turn's latency waterfall with its stages; its hang-up button must end the SIP
 call (baresip gets the BYE). Afterwards the history lists the call with its recording, which
-plays in the page for as long as the call lasted. Screenshots go to docs/.
+plays in the page for as long as the call lasted. Screenshots go to the test's folder; with
+UPDATE_SCREENSHOTS set, the call page's also replaces docs/console.png (the README's).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -36,8 +38,9 @@ CHROMIUM = "/usr/bin/chromium"
 # Root in a container: no sandbox; nothing that phones home or updates itself.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         # The test starts the recording's playback itself, with no click to count as a gesture.
-         "--autoplay-policy=no-user-gesture-required"]
+         # The test starts the recording's playback itself, with no click to count as a
+         # gesture; muted, playback runs on a fake audio sink (there is no sound card).
+         "--autoplay-policy=no-user-gesture-required", "--mute-audio"]
 WAIT_MS = 45_000
 
 
@@ -66,7 +69,6 @@ def test_console_follows_a_live_call(tmp_path: Path, browser: object) -> None:
     state = PeerState(replies=[Reply(pieces=list(ANSWER))])
     session = {"type": "realtime", "model": "local",
                "instructions": "You are a weather bot."}
-    docs = repo_root() / "docs"
     with serve(state) as llm_url, \
             callgate(tmp_path, default_session=json.dumps(session), llm_base_url=llm_url,
                      llm_model="peer-model", api_key=API_KEY, record_calls="true") as gw:
@@ -83,20 +85,21 @@ def test_console_follows_a_live_call(tmp_path: Path, browser: object) -> None:
 
         with baresip_call(gw, tmp_path / "caller", idle) as caller:
             # The live call appears; its page opens from the row.
-            row = page.wait_for_selector("#live-calls tr[data-call-id]")
-            call_id = row.get_attribute("data-call-id")
+            page.wait_for_selector("#live-calls tr[data-call-id]")
+            call_id = page.get_attribute("#live-calls tr[data-call-id]", "data-call-id")
             assert call_id and call_id.startswith("rtc_")
             page.wait_for_selector(f"#live-calls tr[data-call-id='{call_id}'] "
                                    "td:has-text('local')")
             page.screenshot(path=str(tmp_path / "live.png"))
-            row.click()
+            # The list is redrawn every second: click by selector, not by a held element.
+            page.click(f"#live-calls tr[data-call-id='{call_id}']")
             page.wait_for_selector("#call:not([hidden])")
             wait_logged(gw, "realtime_session_started", timeout=30)
             caller.say(question)
 
             # Both sides of the conversation show up as they are spoken.
-            caller_line = page.wait_for_selector("#transcript li.caller")
-            assert "weather" in caller_line.inner_text().lower()
+            page.wait_for_selector("#transcript li.caller")
+            assert "weather" in page.inner_text("#transcript li.caller").lower()
             page.wait_for_selector("#transcript li.agent:not(.partial):has-text('sunny')")
             # The turn's waterfall has its stages.
             page.wait_for_selector("#waterfall .turn")
@@ -106,7 +109,9 @@ def test_console_follows_a_live_call(tmp_path: Path, browser: object) -> None:
                 stages), stages
             label = page.inner_text("#waterfall .turn-label")
             assert "voice to voice" in label, label
-            page.screenshot(path=str(docs / "console.png"))
+            page.screenshot(path=str(tmp_path / "console.png"))
+            if os.environ.get("UPDATE_SCREENSHOTS"):  # refresh the README's picture
+                shutil.copy(tmp_path / "console.png", repo_root() / "docs" / "console.png")
             page.set_viewport_size({"width": 390, "height": 844})
             page.screenshot(path=str(tmp_path / "console-phone.png"))
             width = page.evaluate("document.documentElement.scrollWidth")
@@ -139,7 +144,9 @@ def test_console_follows_a_live_call(tmp_path: Path, browser: object) -> None:
                .then(r => r.json()).then(c => [c.answered_at, c.ended_at])""")
         print(f"recording plays {played:.2f} s; the call lasted {ended - answered:.2f} s")
         assert abs(played - (ended - answered)) < 0.6
-        page.evaluate("document.getElementById('player').play()")
+        started = page.evaluate("document.getElementById('player').play()"
+                                ".then(() => 'playing', e => `${e.name}: ${e.message}`)")
+        assert started == "playing", started
         poll(page, "document.getElementById('player').currentTime > 0.2")
 
 

@@ -6,7 +6,7 @@ const KEY = "callgate-api-key";
 const STAGES = ["turn_detection", "stt", "llm_first_token", "tts_first_audio"];
 const $ = (id) => document.getElementById(id);
 const state = { live: new Map(), view: null, callId: null, record: null, partial: new Map(),
-  historyAfter: null, stream: null, audioUrl: null };
+  historyAfter: null, stream: null, audioUrl: null, audioFor: null };
 
 function key() { return sessionStorage.getItem(KEY); }
 
@@ -263,6 +263,10 @@ async function loadHistory(fresh) {
 // --- one call ---------------------------------------------------------------------------
 async function openCall(callId) {
   show("call");
+  if (state.callId !== callId) {
+    $("player").removeAttribute("src");
+    state.audioFor = null;
+  }
   state.callId = callId;
   state.partial.clear();
   $("call-error").textContent = "";
@@ -369,14 +373,18 @@ function renderWaterfall() {
 
 async function loadRecording() {
   const c = state.record;
+  if (state.audioFor === c.id) return;  // already loaded: reloading would stop playback
   $("recording").hidden = true;
   if (!c.recording || !c.ended_at) return;
+  state.audioFor = c.id;
   // The recording is fetched with the key and played from memory: the key never goes into
   // a URL the audio element would request.
   const response = await api(`/v1/realtime/calls/${encodeURIComponent(c.id)}/content`);
-  if (!response.ok) return;
+  const blob = response.ok ? await response.blob() : null;
+  if (state.audioFor !== c.id || state.callId !== c.id) return;  // another call was opened
+  if (!blob) { state.audioFor = null; return; }
   if (state.audioUrl) URL.revokeObjectURL(state.audioUrl);
-  state.audioUrl = URL.createObjectURL(await response.blob());
+  state.audioUrl = URL.createObjectURL(blob);
   $("player").src = state.audioUrl;
   $("recording").hidden = false;
 }
