@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := sip-tester baresip-core sox espeak-ng libopus0 kamailio
-SYSTEM_COMMANDS := sipp baresip sox espeak-ng kamailio
+SYSTEM_PACKAGES := sip-tester baresip-core sox espeak-ng libopus0 kamailio postgresql chromium
+SYSTEM_COMMANDS := sipp baresip sox espeak-ng kamailio chromium
 
 .PHONY: serve test lint typecheck pytest bench system-deps clean
 
@@ -48,10 +48,12 @@ $(PIPECAT_VENV)/.installed: Makefile
 serve: $(STAMP)
 	$(BIN)/callgate serve
 
-# The SIP and media peers the end-to-end tests call: installed from Debian when missing.
+# The SIP and media peers the end-to-end tests call, and the PostgreSQL server and browser
+# the record and console tests drive: installed from Debian when missing.
 system-deps:
 	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || missing=yes; done; \
 	 ldconfig -p | grep -q libopus.so.0 || missing=yes; \
+	 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing=yes; \
 	 if [ -n "$$missing" ]; then \
 	   SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	   $$SUDO apt-get update -qq && \

@@ -12,6 +12,7 @@ or fewer than 99.9 % of the packets due arrive; the ramp stops at the first fail
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -194,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digital-silence", action="store_true",
                         help="callers send all-zero audio between tone bursts instead of line "
                              "noise (the gateway's silence path)")
+    parser.add_argument("--records", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep call records in SQLite, as callgate does by default "
+                             "(--no-records: off, to measure what they cost)")
+    parser.add_argument("--record-calls", action="store_true",
+                        help="also record every call's audio to WAV")
     args = parser.parse_args(argv)
     common.set_nice(args.nice)
     started = time.time()
@@ -205,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     window_s = args.window or (1.0 if args.quick else 10.0)
     settle_s = 0.5 if args.quick else 3.0
     with tempfile.TemporaryDirectory(prefix="callgate-bench-capacity-") as tmp:
-        with common.callgate(Path(tmp), cpu=cpu) as gateway:
+        with common.callgate(Path(tmp), cpu=cpu, records=str(args.records).lower(),
+                             record_calls=str(args.record_calls).lower()) as gateway:
             measured = _run(measure(gateway, levels, window_s=window_s, settle_s=settle_s,
                                     cps=50.0, profile_dir=Path(tmp) if args.profile else None,
                                     profile_cpu=load_cpu, digital_silence=args.digital_silence,
@@ -218,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": "echo" + (f" beside {args.inference} local-engine sessions"
                            if args.inference else ""),
         "codec": "PCMU", "ptime_ms": 20, "window_s": window_s,
+        "call_records": args.records, "call_recordings": args.record_calls,
         "caller_audio": ("digital silence" if args.digital_silence else "line noise, -55 dBFS")
         + " between 1 kHz tone bursts (one 20 ms burst a second)",
         "pinning": {"gateway_cpu": cpu, "generator_cpu": load_cpu},

@@ -319,6 +319,7 @@ def callgate(workdir: Path, *, cpu: int | None, **settings: str) -> Iterator[Cal
         # Every call of a benchmark comes from this one host, at rates a per-source limit
         # exists to stop: measure the gateway, not its flood protection.
         "CALLGATE_SIP_INVITE_RATE": "0", "CALLGATE_SIP_PROBE_RATE": "0",
+        "CALLGATE_DATA_DIR": str(workdir / "data"),
     })
     env.update({f"CALLGATE_{k.upper()}": v for k, v in settings.items()})
     log_path = workdir / f"callgate-{sip_port}.log"

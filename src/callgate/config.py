@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -262,6 +263,22 @@ class Settings(BaseSettings):
                                    "a Piper voice name or .onnx path; unlisted OpenAI names "
                                    "use tts_voice.")
 
+    # --- records, recordings ----------------------------------------------------------------
+    data_dir: Path = Field(default_factory=lambda: _default_data_dir(), description="Where "
+                           "the SQLite call records and the recordings are kept (default: "
+                           "$XDG_DATA_HOME/callgate, else ~/.local/share/callgate).")
+    database_url: str | None = Field(None, description="Database for call records, e.g. "
+                                     "postgresql://user:pass@host/db (unset: SQLite in "
+                                     "data_dir).")
+    records: bool = Field(True, description="Keep a record of every call (transcript, "
+                          "quality, per-turn latency) in the database.")
+    records_queue: int = Field(10000, ge=10, description="Record writes waiting for the "
+                               "database before new ones are dropped (and counted).")
+    record_calls: bool = Field(False, description="Record every answered call's audio (else "
+                               "only calls accepted with \"recording\": true).")
+    recording_retention_days: float = Field(30.0, ge=0, description="Delete recordings "
+                                            "older than this many days (0: keep them).")
+
     # --- logging ---------------------------------------------------------------------------
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_format: Literal["text", "json"] = Field("text", description="key=value text or JSON.")
@@ -376,6 +393,11 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "callgate"
 
 
 def load(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from callgate.api.app import create_app
+from callgate.api.operator import make_operator_router
 from callgate.api.realtime_ws import make_realtime_router
 from callgate.calls.shell import CallShell
 from callgate.calls.webhook import WebhookSender
@@ -29,6 +30,11 @@ from callgate.engines.vad import load_silero_model
 from callgate.log import event
 from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool
+from callgate.observe.events import Observers
+from callgate.observe.live import CallWatch
+from callgate.observe.metrics import GatewayMetrics
+from callgate.observe.recording import prune
+from callgate.observe.records import RecordStore, database_url
 from callgate.realtime.registry import SessionRegistry
 from callgate.sip.endpoint import SipEndpoint
 from callgate.sip.limits import RequestLimits
@@ -36,6 +42,8 @@ from callgate.sip.transaction import TimerConfig
 from callgate.sip.transport import SipTransportManager, StreamLimits
 
 logger = logging.getLogger("callgate.server")
+
+PRUNE_INTERVAL = 3600.0  # seconds between enforcements of the recordings' retention
 
 
 @dataclass
@@ -50,9 +58,39 @@ class Gateway:
     http_task: asyncio.Task[None] | None = None
     sip_addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     tick: SendTick = field(default_factory=SendTick)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    records: RecordStore | None = None
+    watch: CallWatch = field(init=False)
+    pruner: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.sessions = SessionRegistry(self.engine_for, same_engine=self.settings.same_engine)
+        s = self.settings
+        if s.records:
+            self.records = RecordStore(database_url(s.database_url, s.data_dir),
+                                       queue_size=s.records_queue,
+                                       on_dropped=self._record_dropped)
+        self.watch = CallWatch(metrics=self.metrics, records=self.records,
+                               recordings=s.data_dir / "recordings",
+                               record_all=s.record_calls, model_label=self._model_label)
+
+    async def _prune_recordings(self) -> None:
+        """Enforce the recordings' retention at start and every hour, off the loop thread
+        (a folder of many files takes a while to scan)."""
+        folder, days = self.settings.data_dir / "recordings", self.settings.recording_retention_days
+        while True:
+            removed = await asyncio.to_thread(prune, folder, days)
+            if removed:
+                event(logger, "recordings.pruned", folder=str(folder), removed=removed)
+            await asyncio.sleep(PRUNE_INTERVAL)
+
+    def _record_dropped(self, reason: str, count: int) -> None:
+        self.metrics.records_dropped.labels(reason).inc(count)
+
+    def _model_label(self, model: str) -> str:
+        """A bounded metric label: a configured model, else the default engine's name
+        (OpenAI's model names, in any variant a client sends, all run there)."""
+        return model if model in self.settings.model_routes else self.settings.default_model
 
     async def engine_for(self, model: str) -> Engine:
         return await create_engine(model, self.settings)
@@ -92,11 +130,17 @@ class Gateway:
             event(logger, name, logging.WARNING, detail=message)
         await self.preload()
         tls = _tls_context(s)
-        webhooks = (WebhookSender(s.webhook_url, s.webhook_secret, timeout=s.webhook_timeout)
-                    if s.webhook_url else None)
+        if self.records is not None:
+            await self.records.open()
+        if s.recording_retention_days > 0:
+            self.pruner = asyncio.create_task(self._prune_recordings(), name="prune")
+        observers = Observers(self.watch)
+        webhooks = (WebhookSender(s.webhook_url, s.webhook_secret, timeout=s.webhook_timeout,
+                                  observer=observers) if s.webhook_url else None)
         low, high = s.rtp_port_range
         self.calls = CallShell(s, sessions=self.sessions, engine_factory=self.engine_for,
-                               port_pool=PortPool(low, high), tick=self.tick, webhooks=webhooks)
+                               port_pool=PortPool(low, high), tick=self.tick, webhooks=webhooks,
+                               observer=observers)
         endpoint = SipEndpoint(
             timers=TimerConfig(t1=s.sip_t1, t2=s.sip_t2, t4=s.sip_t4, timer_d=64 * s.sip_t1),
             limits=RequestLimits(
@@ -125,8 +169,10 @@ class Gateway:
         contact_ports.update({name: addr[1] for name, addr in self.sip_addresses.items()})
         self.calls.start()
 
-        app = create_app(s, self.calls, extra_routers=[
-            make_realtime_router(self.sessions, s, self.engine_for)])
+        app = create_app(s, self.calls, on_recording=self.watch.want_recording, extra_routers=[
+            make_realtime_router(self.sessions, s, self.engine_for),
+            make_operator_router(api_key=s.api_key, metrics=self.metrics, watch=self.watch,
+                                 records=self.records, recordings=s.data_dir / "recordings")])
         config = uvicorn.Config(
             app, host=s.http_host, port=s.http_port, ws="websockets-sansio", lifespan="off",
             log_config=None, access_log=False,
@@ -160,6 +206,12 @@ class Gateway:
             if self.http_task is not None:
                 await self.http_task
         await self.sessions.close_all()
+        await self.watch.close()
+        if self.pruner is not None:
+            self.pruner.cancel()
+            await asyncio.gather(self.pruner, return_exceptions=True)
+        if self.records is not None:
+            await self.records.close()
         await close_workers()  # after the sessions: none is left waiting on a worker
         self.tick.stop()
         if self.sip is not None:

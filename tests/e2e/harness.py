@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -81,17 +82,20 @@ class ScriptedUac:
 @contextlib.asynccontextmanager
 async def in_process(rtp_ports: int = 200, **settings: Any) -> AsyncIterator[InProcessGateway]:
     """callgate in this process, on loopback, auto-accepting with ``echo``: for tests that
-    look inside it (its tables, its timers) while real peers talk to it."""
-    gateway = InProcessGateway(config.load(**{
-        "sip_host": "127.0.0.1", "sip_port": free_port(), "http_host": "127.0.0.1",
-        "http_port": free_port(socket.SOCK_STREAM, both=False), "project_id": PROJECT_ID,
-        "rtp_ports": free_rtp_range(rtp_ports), "log_level": "warning",
-        "default_session": {"type": "realtime", "model": "echo"}, **settings}))
-    await gateway.start()
-    try:
-        yield gateway
-    finally:
-        await gateway.stop()
+    look inside it (its tables, its timers) while real peers talk to it. Its records and
+    recordings go to a temporary folder unless ``data_dir`` says otherwise."""
+    with tempfile.TemporaryDirectory(prefix="callgate-data-") as data_dir:
+        gateway = InProcessGateway(config.load(**{
+            "sip_host": "127.0.0.1", "sip_port": free_port(), "http_host": "127.0.0.1",
+            "http_port": free_port(socket.SOCK_STREAM, both=False), "project_id": PROJECT_ID,
+            "rtp_ports": free_rtp_range(rtp_ports), "log_level": "warning",
+            "default_session": {"type": "realtime", "model": "echo"}, "data_dir": data_dir,
+            **settings}))
+        await gateway.start()
+        try:
+            yield gateway
+        finally:
+            await gateway.stop()
 
 
 def free_rtp_range(size: int = 200) -> str:
@@ -134,6 +138,7 @@ def callgate(tmp_path: Path, **settings: str) -> Iterator[Gateway]:
         "CALLGATE_RTP_PORTS": free_rtp_range(),
         "CALLGATE_DEFAULT_SESSION": json.dumps({"type": "realtime", "model": "echo"}),
         "CALLGATE_LOG_LEVEL": "debug",
+        "CALLGATE_DATA_DIR": str(tmp_path / f"data-{sip_port}"),
     })
     env.update({f"CALLGATE_{k.upper()}": v for k, v in settings.items()})
     log_path = tmp_path / f"callgate-{sip_port}.log"

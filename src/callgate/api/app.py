@@ -11,7 +11,7 @@ as JSON. The verbs themselves are carried out by a :class:`CallControl`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
@@ -64,8 +64,12 @@ def _call_responses(auth: bool) -> dict[int | str, dict[str, Any]]:
 
 
 def create_app(settings: Settings, control: CallControl, *,
-               extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
+               extra_routers: Sequence[APIRouter] = (),
+               on_recording: Callable[[str, bool], None] | None = None) -> FastAPI:
     """The FastAPI application serving call control for ``control``.
+
+    ``on_recording`` hears a call's ``recording`` choice from its accept body (a callgate
+    extension; the session config goes on without it).
 
     ``extra_routers`` (the realtime WebSocket router) are mounted as they are; they do their
     own authentication with :func:`callgate.api.auth.bearer_matches`.
@@ -105,7 +109,11 @@ def create_app(settings: Settings, control: CallControl, *,
         _check_model(settings, body.model)
         # Fields the client set, explicit nulls included: null means "off" for
         # turn_detection, noise_reduction, transcription and tracing.
-        await control.accept(call_id, body.model_dump(mode="json", exclude_unset=True))
+        session = body.model_dump(mode="json", exclude_unset=True)
+        recording = session.pop("recording", None)
+        if recording is not None and on_recording is not None:
+            on_recording(call_id, recording)
+        await control.accept(call_id, session)
         return Empty()
 
     @router.post("/{call_id}/reject", response_model=Empty, operation_id="rejectCall",

@@ -91,9 +91,12 @@ def validation_error(errors: Sequence[Mapping[str, Any]], body: Any) -> ApiError
     best: tuple[int, Mapping[str, Any], list[str | int]] | None = None
     for err in errors:
         loc = list(err.get("loc", ()))
-        if loc and loc[0] in ("body", "path", "query", "header"):
+        where = loc[0] if loc else None
+        if where in ("body", "path", "query", "header"):
             loc = loc[1:]
-        parts = _param_parts(loc, body, missing=err.get("type") == "missing")
+        # A query, path or header parameter is named as it is; only a body needs walking.
+        parts = (list(loc[:1]) if where in ("path", "query", "header") else
+                 _param_parts(loc, body, missing=err.get("type") == "missing"))
         if best is None or len(parts) > best[0]:
             best = (len(parts), err, parts)
     if best is None:

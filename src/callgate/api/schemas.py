@@ -193,6 +193,9 @@ class AcceptRequest(_Strict):
     include: list[Literal["item.input_audio_transcription.logprobs"]] | None = None
     parallel_tool_calls: bool | None = None
     reasoning: Reasoning | None = None
+    recording: bool | None = Field(default=None, description="callgate extension: record "
+                                   "this call's audio (stereo, caller left, agent right) "
+                                   "whatever CALLGATE_RECORD_CALLS says.")
 
 
 # --- reject / refer ---------------------------------------------------------------------------

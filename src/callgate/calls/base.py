@@ -20,6 +20,7 @@ from callgate.calls.registration import Registration, TrunkTarget
 from callgate.calls.state import CallState, Trigger
 from callgate.config import Settings
 from callgate.log import event
+from callgate.observe.events import CallObserver, CallRefused, CallSetupFailed
 from callgate.sip import events as ev
 from callgate.sip.dialog import DialogId, DialogSet
 from callgate.sip.events import Addr
@@ -52,6 +53,8 @@ class CoreBase:
         self._now = 0.0  # the latest input's time: stamps the events a release sends
         self._cancelled: dict[ev.TxKey, Call] = {}  # our cancelled INVITEs, until they end
         self.rng = rng or random.Random()
+        # Metrics, records and the console (callgate.observe): told of every call's states.
+        self.observer: CallObserver | None = None
         self.calls: dict[str, Call] = {}
         self.dialogs = DialogSet()
         self.ended: OrderedDict[str, CallState] = OrderedDict()
@@ -145,7 +148,14 @@ class CoreBase:
                                  headers=headers or [])
         self._respond(call.tx_key, response)
         call.move(trigger, reason)
+        if self.observer is not None:
+            self.observer.call_event(CallSetupFailed(call.id, status, reason))
         self._release(call)
+
+    def _refused(self, status: int, reason: str) -> None:
+        """An INVITE turned away before it became a call; ``reason`` is a metric label."""
+        if self.observer is not None:
+            self.observer.call_event(CallRefused(status, reason))
 
     # -- sending --------------------------------------------------------------------------------
 

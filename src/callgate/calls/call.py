@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from callgate.calls.session_timer import SessionTimer
 from callgate.calls.state import CallState, Trigger, transition
 from callgate.log import event
 from callgate.media.offer_answer import NegotiatedMedia
+from callgate.observe.events import CallObserver, CallStateChanged
 from callgate.sip.dialog import Dialog
 from callgate.sip.events import Addr, TxKey
 from callgate.sip.message import Request
@@ -61,6 +63,7 @@ class Call:
     media_seen: int = -1                        # RTP packets counted at the last check
     deadlines: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # direction-specific facts
+    observer: CallObserver | None = None  # metrics, records, console (callgate.observe)
 
     @property
     def sip_call_id(self) -> str:
@@ -81,4 +84,8 @@ class Call:
         event(logger, "call.state", call_id=self.id, sip_call_id=self.sip_call_id,
               direction=self.direction, old=old.value, trigger=trigger.value,
               new=self.state.value, reason=reason)
+        if self.observer is not None:
+            self.observer.call_event(CallStateChanged(self.id, old.value, self.state.value,
+                                                      reason, time.time(),
+                                                      self.state.is_final))
         return self.state

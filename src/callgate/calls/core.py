@@ -196,6 +196,8 @@ class CallCore(Inbound, Outbound, Trunking, MidCall):
             self._reply(rx, error)
             event(logger, "sip.request_refused", sip_call_id=_safe_call_id(request),
                   method=request.method, status=error.status)
+            if request.method == "INVITE" and not request.to.tag:
+                self._refused(error.status, "invalid_request")
             return
         if request.to.tag:
             self._in_dialog(rx, now)

@@ -119,11 +119,14 @@ class Inbound(CoreBase):
         if len(self.calls) >= self.settings.max_calls:
             self._reply(rx, refuse(request, 503, "Service Unavailable", [("Retry-After", "10")]))
             event(logger, "sip.overload", sip_call_id=request.call_id, calls=len(self.calls))
+            self._refused(503, "max_calls")
             return
         local_ip = self.local_ip(rx.addr[0])
         screened = screen_invite(request, self.settings, local_ip=local_ip)
         if isinstance(screened, Response):
             self._reply(rx, screened)
+            self._refused(screened.status, "no_acceptable_media" if screened.status == 488
+                          else "invalid_request")
             return
         port = self.contact_ports.get(rx.transport, self.settings.sip_port)
         call = Call(id=new_call_id(), direction="inbound", invite=request, tx_key=rx.tx_key,
@@ -132,6 +135,7 @@ class Inbound(CoreBase):
                                           rx.transport, secure=request.uri.scheme == "sips"),
                     local_ip=local_ip, offer=screened.offer, timer=screened.timer)
         call.extra["trunk"] = trunk
+        call.observer = self.observer
         self.calls[call.id] = call
         self._by_invite[rx.tx_key] = call
         event(logger, "call.incoming", call_id=call.id, sip_call_id=request.call_id,

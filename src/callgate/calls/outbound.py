@@ -90,6 +90,7 @@ class Outbound(CoreBase):
                     local_contact=local_contact, local_ip=local_ip, state=CallState.DIALING,
                     local_sdp=offer, sdp_version=1, local_port=local_port, config=dict(config))
         call.extra.update(plan=plan, redirects=0, nonces=set(), trunk=plan.trunk)
+        call.observer = self.observer
         self.calls[call.id] = call
         self._send_invite(call, invite)
         self._arm(call, "ring", now + plan.ring_timeout)

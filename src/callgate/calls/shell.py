@@ -22,6 +22,7 @@ from callgate.calls.control import CallError, CallStateConflict, InvalidCallRequ
 from callgate.calls.core import CallCore
 from callgate.calls.dialplan import plan_call
 from callgate.calls.line import CallFailed, EngineFactory, LineOutput, local_ip_toward
+from callgate.calls.reporting import call_answered, call_started
 from callgate.calls.state import CallState
 from callgate.calls.webhook import WebhookSender
 from callgate.config import Settings
@@ -30,6 +31,7 @@ from callgate.log import event
 from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool, PortsExhausted
 from callgate.media.stream import MediaStream
+from callgate.observe.events import CallObserver, Observers
 from callgate.realtime import ProtocolError, check_engine, validate_session
 from callgate.realtime.registry import SessionRegistry
 from callgate.realtime.session import RealtimeSession
@@ -47,8 +49,9 @@ class CallShell:
 
     def __init__(self, settings: Settings, *, sessions: SessionRegistry,
                  engine_factory: EngineFactory, port_pool: PortPool, tick: SendTick,
-                 webhooks: WebhookSender | None) -> None:
+                 webhooks: WebhookSender | None, observer: CallObserver | None = None) -> None:
         self.settings = settings
+        self.observer: CallObserver = observer or Observers()
         self.sessions = sessions
         self.engine_factory = engine_factory
         self.port_pool = port_pool
@@ -72,6 +75,7 @@ class CallShell:
         self.core = CallCore(self.settings, sent_by=sip.endpoint.sent_by,
                              contact_ports=contact_ports,
                              local_ip=lambda remote: local_ip_toward(remote, self.settings))
+        self.core.observer = self.observer
         return self.core
 
     def start(self) -> None:
@@ -236,6 +240,10 @@ class CallShell:
 
     def _offer(self, action: act.OfferCall) -> None:
         call_id = action.call_id
+        call = self._core().calls.get(call_id)
+        if call is not None:
+            self.observer.call_event(call_started(call, "inbound", time.time(),
+                                                  call.extra.get("trunk") or None))
         if self.webhooks is None:
             self.spawn(self._auto_accept(call_id), f"auto-accept {call_id}")
             return
@@ -323,6 +331,7 @@ class CallShell:
             await engine.aclose()
             raise
         self.media[call.id], self.engines[call.id] = media, engine
+        self.observer.call_event(call_started(call, "outbound", time.time(), plan.trunk))
         # The session exists while the call rings, so observers may attach (?call_id=);
         # it starts when the callee answers, so the greeting is heard from the first word.
         rt = RealtimeSession(config=session, engine=engine, call_id=call.id,
@@ -407,6 +416,9 @@ class CallShell:
             raise CallFailed(f"Could not start the session: {exc}") from None
         finally:
             self.starting.pop(call_id, None)
+        call = self._core().calls.get(call_id)
+        if call is not None:
+            self.observer.call_event(call_answered(call, media, rt, time.time()))
 
     async def reject(self, call_id: str, status_code: int) -> None:
         self._core().reject(call_id, status_code, self.loop.time())

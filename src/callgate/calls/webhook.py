@@ -35,6 +35,7 @@ import httpx
 
 from callgate import __version__
 from callgate.log import event as event_log
+from callgate.observe.events import CallObserver, WebhookAttempt
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,8 @@ class WebhookSender:
 
     def __init__(self, urls: list[str], secret: str | None, *, timeout: float,
                  client: httpx.AsyncClient | None = None, initial_backoff: float = 0.25,
-                 max_backoff: float = 2.0, max_elapsed: float = 60.0) -> None:
+                 max_backoff: float = 2.0, max_elapsed: float = 60.0,
+                 observer: CallObserver | None = None) -> None:
         if secret is not None:
             signing_key(secret)  # a bad secret is a configuration error: fail at startup
         self.urls = list(urls)
@@ -181,6 +183,7 @@ class WebhookSender:
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self.max_elapsed = max_elapsed
+        self.observer = observer
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(follow_redirects=False)
 
@@ -242,6 +245,7 @@ class WebhookSender:
                 event_log(logger, "webhook.delivered", call_id=call_id, url=_redact(url),
                       webhook_id=webhook_id, status=status, attempts=attempt,
                       elapsed_ms=elapsed_ms)
+                self._report(WebhookAttempt(True, loop.time() - started))
                 return None
             event_log(logger, "webhook.attempt_failed", logging.DEBUG, call_id=call_id,
                   url=_redact(url), attempt=attempt, status=status, error=error)
@@ -268,7 +272,12 @@ class WebhookSender:
         event_log(logger, "webhook.failed", logging.WARNING, call_id=call_id, url=_redact(url),
               webhook_id=webhook_id, reason=reason, status=status, error=error,
               attempts=attempt, elapsed_ms=round((loop.time() - started) * 1000))
+        self._report(WebhookAttempt(False, loop.time() - started, reason))
         return reason
+
+    def _report(self, attempt: WebhookAttempt) -> None:
+        if self.observer is not None:
+            self.observer.call_event(attempt)
 
     async def _attempt(self, url: str, body: bytes, webhook_id: str,
                        budget: float) -> tuple[int | None, float | None, str | None]:

@@ -1,0 +1,1 @@
+"""Versioned schema of the call records (Alembic)."""
