@@ -24,13 +24,13 @@ from callgate.calls.webhook import WebhookSender
 from callgate.config import Settings
 from callgate.engines.base import Engine
 from callgate.engines.registry import create_engine
-from callgate.engines.supervisor import close_workers
+from callgate.engines.supervisor import close_workers, workers
 from callgate.engines.threads import run_blocking
 from callgate.engines.vad import load_silero_model
 from callgate.log import event
 from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool
-from callgate.observe.events import Observers
+from callgate.observe.events import Observers, WorkerRestarted
 from callgate.observe.live import CallWatch
 from callgate.observe.metrics import GatewayMetrics
 from callgate.observe.recording import prune
@@ -128,6 +128,7 @@ class Gateway:
         s = self.settings
         for name, message in s.exposures:  # require_auth turned these into errors already
             event(logger, name, logging.WARNING, detail=message)
+        workers().on_exit = lambda stage: self.watch.call_event(WorkerRestarted(stage))
         await self.preload()
         tls = _tls_context(s)
         if self.records is not None:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -78,6 +79,9 @@ def test_a_dead_worker_costs_one_turn_not_the_call(tmp_path: Path, stage: str,
             call_id = calls.get(timeout=WAIT)
             asyncio.run(_call(gw, caller, call_id, stage, sig, tmp_path))
             assert gw.process.poll() is None, "the gateway exited"
+            metrics = httpx.get(f"{gw.http}/metrics", timeout=5,
+                                headers={"Authorization": f"Bearer {API_KEY}"}).text
+            assert f'callgate_engine_worker_restarts_total{{worker="{stage}"}} 1.0' in metrics
             sent, received = caller.sent(), caller.received()
         assert not receiver.errors, receiver.errors
         assert gw.process.poll() is None, "the gateway exited"

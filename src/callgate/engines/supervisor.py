@@ -29,7 +29,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from callgate.engines import ipc
@@ -63,8 +63,10 @@ class WorkerProcess:
 
     def __init__(self, stage: str, *, concurrency: int = DEFAULT_CONCURRENCY,
                  crash_limit: int = 3, crash_window_s: float = 60.0, backoff_s: float = 0.2,
-                 max_backoff_s: float = 10.0, start_timeout_s: float = 60.0) -> None:
+                 max_backoff_s: float = 10.0, start_timeout_s: float = 60.0,
+                 on_exit: Callable[[str], None] | None = None) -> None:
         self.stage = stage
+        self.on_exit = on_exit
         self.concurrency = concurrency
         self.crash_limit = crash_limit
         self.crash_window_s = crash_window_s
@@ -287,6 +289,8 @@ class WorkerProcess:
         self.restarts += 1
         event(logger, "worker.exited", logging.WARNING, stage=self.stage, pid=proc.pid,
               detail=detail, failed_requests=failed)
+        if self.on_exit is not None:
+            self.on_exit(self.stage)
         if len(self._crashes) >= self.crash_limit and not self._looping:
             self._looping = True
             event(logger, "worker.crash_loop", logging.ERROR, stage=self.stage,
@@ -304,16 +308,23 @@ class WorkerProcess:
 
 
 class Workers:
-    """The worker processes of one event loop, one per stage."""
+    """The worker processes of one event loop, one per stage. ``on_exit(stage)`` is told of
+    every worker that died unasked (the gateway counts them in its metrics)."""
 
     def __init__(self) -> None:
         self._stages: dict[str, WorkerProcess] = {}
+        self.on_exit: Callable[[str], None] | None = None
 
     def stage(self, name: str) -> WorkerProcess:
         if name not in self._stages:
             self._stages[name] = WorkerProcess(
-                name, concurrency=STAGE_CONCURRENCY.get(name, DEFAULT_CONCURRENCY))
+                name, concurrency=STAGE_CONCURRENCY.get(name, DEFAULT_CONCURRENCY),
+                on_exit=self._exited)
         return self._stages[name]
+
+    def _exited(self, stage: str) -> None:
+        if self.on_exit is not None:
+            self.on_exit(stage)
 
     def started(self) -> dict[str, WorkerProcess]:
         return dict(self._stages)
