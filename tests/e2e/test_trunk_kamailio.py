@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -84,6 +85,12 @@ def test_callgate_registers(gateway: Gateway, proxy: Kamailio) -> None:
     registered = logged(gateway, "trunk.registered")[-1]
     assert registered["trunk"] == "kam" and int(registered["expires"]) > 0
     assert USERS["callgate"] not in "\n".join(gateway.log_lines())  # never logged
+    # The registration as the API shows it: state and binding, never the credentials.
+    listed = httpx.get(f"{gateway.http}/v1/trunks", timeout=5).json()
+    (kam,) = listed["data"]
+    assert kam["name"] == "kam" and kam["registers"] and kam["state"] == "registered", listed
+    assert kam["expires"] == int(registered["expires"]) and kam["public_address"], listed
+    assert USERS["callgate"] not in json.dumps(listed)
 
 
 def test_a_caller_on_the_registrar_reaches_callgate_over_its_binding(

@@ -30,6 +30,8 @@ from callgate.api.schemas import (
     Health,
     ReferRequest,
     RejectRequest,
+    TrunkList,
+    TrunkStatus,
 )
 from callgate.calls.control import CallControl
 from callgate.config import OPENAI_MODEL_PREFIXES, Settings
@@ -135,6 +137,12 @@ def create_app(settings: Settings, control: CallControl, *,
         return Empty()
 
     app.include_router(router)
+
+    @app.get("/v1/trunks", response_model=TrunkList, operation_id="listTrunks", tags=["trunks"],
+             summary="The configured trunks and their registrations (callgate extension)",
+             dependencies=[Depends(require_api_key(api_key))] if api_key is not None else [])
+    async def list_trunks() -> TrunkList:
+        return TrunkList(data=[TrunkStatus.model_validate(t) for t in control.trunks()])
 
     @app.get("/healthz", response_model=Health, operation_id="health", tags=["health"])
     async def healthz() -> Health:

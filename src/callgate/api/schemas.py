@@ -316,6 +316,25 @@ class DialRequest(_Strict):
     transport: SipDialTransport
 
 
+class TrunkStatus(_Strict):
+    """One configured trunk and its registration (callgate's own extension; no credentials)."""
+
+    name: str
+    address: str
+    registers: bool
+    state: str = Field(description="unregistered | registering | registered | failed; "
+                                   "not_registering for a trunk that does not REGISTER")
+    expires: int = Field(description="seconds the registrar granted the binding (0: none)")
+    failures: int = Field(description="REGISTER attempts failed in a row")
+    public_address: str | None = Field(description="our address as the registrar sees it "
+                                                   "(received/rport), when registered")
+
+
+class TrunkList(_Strict):
+    object: Literal["list"] = "list"
+    data: list[TrunkStatus]
+
+
 class CallResource(_Strict):
     id: str
     object: Literal["realtime.call"]

@@ -58,3 +58,6 @@ class CallControl(Protocol):
     async def dial(self, session: dict[str, Any], transport: dict[str, Any]) -> dict[str, Any]:
         """Place an outbound call (``transport`` as in ``POST /v1/realtime/calls``); returns
         the call resource, status ``dialing``."""
+
+    def trunks(self) -> list[dict[str, Any]]:
+        """Each configured trunk and the state of its registration."""

@@ -306,6 +306,21 @@ class CallShell:
             except Exception as exc:
                 raise CallFailed(f"Could not start the session: {exc}") from None
 
+    def trunks(self) -> list[dict[str, Any]]:
+        registrations = self.core.registrations if self.core is not None else {}
+        listed = []
+        for name, trunk in self.settings.trunks.items():
+            reg = registrations.get(name)
+            registered = reg is not None and reg.state == "registered"
+            listed.append({
+                "name": name, "address": trunk.address, "registers": trunk.registers,
+                "state": reg.state if reg is not None else "not_registering",
+                "expires": reg.granted if reg is not None else 0,
+                "failures": reg.failures if reg is not None else 0,
+                "public_address": (f"{reg.public[0]}:{reg.public[1]}"
+                                   if reg is not None and registered else None)})
+        return listed
+
     async def dial(self, session: dict[str, Any], transport: dict[str, Any]) -> dict[str, Any]:
         core = self._core()
         plan = plan_call(transport, self.settings)
