@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := sip-tester baresip-core sox espeak-ng libopus0
-SYSTEM_COMMANDS := sipp baresip sox espeak-ng
+SYSTEM_PACKAGES := sip-tester baresip-core sox espeak-ng libopus0 kamailio redis-server
+SYSTEM_COMMANDS := sipp baresip sox espeak-ng kamailio redis-server
 
 .PHONY: serve test lint typecheck pytest bench system-deps clean
 

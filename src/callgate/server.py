@@ -21,6 +21,9 @@ from callgate.api.realtime_ws import make_realtime_router
 from callgate.calls.manager import CallManager
 from callgate.calls.signalling import Signalling
 from callgate.calls.webhook import WebhookSender
+from callgate.cluster import registry_from_settings
+from callgate.cluster.forward import Forwarder
+from callgate.cluster.registry import CallRegistry
 from callgate.config import Settings
 from callgate.engines.base import Engine
 from callgate.engines.registry import create_engine
@@ -50,6 +53,8 @@ class Gateway:
     http_task: asyncio.Task[None] | None = None
     sip_addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     tick: SendTick = field(default_factory=SendTick)
+    registry: CallRegistry | None = None
+    forwarder: Forwarder | None = None
 
     def __post_init__(self) -> None:
         self.sessions = SessionRegistry(self.engine_for)
@@ -117,8 +122,18 @@ class Gateway:
         signalling = Signalling(self.calls, self.sip, contact_ports={
             name: addr[1] for name, addr in self.sip_addresses.items()})
 
-        app = create_app(s, self.calls, extra_routers=[
-            make_realtime_router(self.sessions, s, self.engine_for)])
+        self.registry = registry_from_settings(s, s.http_port)
+        if self.registry is not None:
+            await self.registry.start()
+            calls = self.calls
+            self.calls.registry = self.registry
+            self.forwarder = Forwarder(self.registry,
+                                       lambda cid: cid in calls.calls or cid in calls.ended)
+        app = create_app(s, self.calls, extra_routers=[make_realtime_router(
+            self.sessions, s, self.engine_for,
+            self.forwarder.relay if self.forwarder is not None else None)])
+        if self.forwarder is not None:
+            app.middleware("http")(self.forwarder.middleware)
         config = uvicorn.Config(
             app, host=s.http_host, port=s.http_port, ws="websockets-sansio", lifespan="off",
             log_config=None, access_log=False,
@@ -142,9 +157,26 @@ class Gateway:
               webhook=",".join(s.webhook_url) or "none (auto-accept)",
               default_model=s.default_model)
 
+    async def drain(self) -> None:
+        """Take no new calls (OPTIONS and INVITE get 503); wait up to ``drain_timeout`` for
+        the calls in progress to end on their own. ``stop`` then ends the rest with BYE."""
+        if self.calls is None:
+            return
+        self.calls.draining = True
+        deadline = time.monotonic() + self.settings.drain_timeout
+        event(logger, "gateway.draining", calls=self.calls.active_count,
+              timeout=self.settings.drain_timeout)
+        while self.calls.active_count and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        event(logger, "gateway.drained", calls_left=self.calls.active_count)
+
     async def stop(self) -> None:
         if self.calls is not None:
             await self.calls.close()
+        if self.registry is not None:
+            await self.registry.close()
+        if self.forwarder is not None:
+            await self.forwarder.aclose()
         if self.http is not None:
             self.http.should_exit = True
             if self.http_task is not None:
@@ -175,13 +207,22 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def run(settings: Settings) -> None:
+    """Serve until SIGINT (stop now) or SIGTERM (drain first: the way a cluster node leaves)."""
     gateway = Gateway(settings)
     stop = asyncio.Event()
+    drain = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def terminate() -> None:
+        drain.set()
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
     try:
         await gateway.start()
         await stop.wait()
+        if drain.is_set():
+            await gateway.drain()
     finally:
         await gateway.stop()

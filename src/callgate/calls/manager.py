@@ -19,6 +19,7 @@ from callgate.calls.call import Call
 from callgate.calls.control import CallError, CallNotFound, CallStateConflict, InvalidCallRequest
 from callgate.calls.state import CallState
 from callgate.calls.webhook import WebhookSender, build_incoming_event
+from callgate.cluster.registry import CallRegistry
 from callgate.config import Settings
 from callgate.engines.base import Engine
 from callgate.log import event
@@ -88,6 +89,8 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self.ended: OrderedDict[str, CallState] = OrderedDict()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.registry: CallRegistry | None = None  # the cluster's, when there are several nodes
+        self.draining = False  # on SIGTERM: calls in progress go on, new ones are refused
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -125,6 +128,8 @@ class CallManager:
     def offer_call(self, call: Call) -> None:
         """A new INVITE is ringing: ask the application, or auto-accept without a webhook."""
         self.calls[call.id] = call
+        if self.registry is not None:
+            self.registry.record(call.id, call.state.value, sip_call_id=call.sip_call_id)
         call.arm("accept_timeout", self.settings.accept_timeout, self._accept_timeout, call)
         if self.webhooks is None:
             self.spawn(self._auto_accept(call), f"auto-accept {call.id}")
@@ -212,6 +217,8 @@ class CallManager:
             headers=self._sig().answer_headers(call))
         self._sig().answered(call, response)
         call.move(CallState.ACCEPTED, "accepted")
+        if self.registry is not None:
+            self.registry.record(call.id, call.state.value)
         self._watch_media(call, -1)
         try:
             await self._start_session(call, session, engine, media)
@@ -311,6 +318,8 @@ class CallManager:
         if self.calls.pop(call.id, None) is None:
             return
         self.ended[call.id] = call.state
+        if self.registry is not None:
+            self.registry.remove(call.id)
         while len(self.ended) > ENDED_MEMORY:
             self.ended.popitem(last=False)
         if self.signalling is not None:

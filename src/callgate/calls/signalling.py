@@ -198,8 +198,10 @@ class Signalling:
         elif request.method == "INVITE":
             self._new_invite(rx)
         elif request.method == "OPTIONS":
-            self._reply(rx, 200, headers=[("Allow", ALLOW_HEADER), ("Accept", "application/sdp"),
-                                          ("Supported", ", ".join(sorted(SUPPORTED)))])
+            # 503 while draining: a dispatcher's probe moves new calls to other nodes.
+            self._reply(rx, 503 if self.calls.draining else 200,
+                        headers=[("Allow", ALLOW_HEADER), ("Accept", "application/sdp"),
+                                 ("Supported", ", ".join(sorted(SUPPORTED)))])
         else:
             self._reply(rx, 481, "Call/Transaction Does Not Exist")
 
@@ -207,7 +209,7 @@ class Signalling:
 
     def _new_invite(self, rx: ev.RequestReceived) -> None:
         request = rx.request
-        if self.calls.active_count >= self.settings.max_calls:
+        if self.calls.draining or self.calls.active_count >= self.settings.max_calls:
             self._reply(rx, 503, "Service Unavailable", headers=[("Retry-After", "10")])
             event(logger, "sip.overload", sip_call_id=request.call_id,
                   calls=self.calls.active_count)
