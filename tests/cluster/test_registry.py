@@ -37,9 +37,13 @@ def test_records_owner_and_state(redis_url: str) -> None:
                 "a", "http://127.0.0.1:1", "accepted", True)
             assert (await b.call("rtc_1"))["sip_call_id"] == "x@y"
             assert await b.nodes() == {"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2"}
-            a.remove("rtc_1")
+            a.ended("rtc_1", "ended")
             await flushed(a)
-            assert await b.owner("rtc_1") is None
+            # Still routed to a, which answers replays; gone from a's live calls, and expiring.
+            owner = await b.owner("rtc_1")
+            assert owner is not None and owner.state == "ended"
+            assert await b.redis.smembers("callgate:calls:a") == set()
+            assert 0 < await b.redis.ttl("callgate:call:rtc_1") <= 3600
         finally:
             await a.close()
             await b.close()

@@ -319,7 +319,7 @@ class CallManager:
             return
         self.ended[call.id] = call.state
         if self.registry is not None:
-            self.registry.remove(call.id)
+            self.registry.ended(call.id, call.state.value)
         while len(self.ended) > ENDED_MEMORY:
             self.ended.popitem(last=False)
         if self.signalling is not None:

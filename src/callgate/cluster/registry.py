@@ -4,8 +4,10 @@ Keys (all under ``callgate:``):
 
 * ``nodes``            hash  node id -> base URL of its API
 * ``alive:<node>``     string with a TTL, refreshed by the node's heartbeat
-* ``call:<call id>``   hash  node, url, state and the metadata a lookup answers with
-* ``calls:<node>``     set   the call ids a node owns, so they can go when the node does
+* ``call:<call id>``   hash  node, url, state and the metadata a lookup answers with; an
+                             ended call's stays ``ENDED_TTL`` so replayed verbs still reach the
+                             node that remembers it
+* ``calls:<node>``     set   the live call ids a node owns, so they can go when the node does
 
 A node whose heartbeat lapsed is dead: any living node's reaper deletes its calls and its
 entry, so they leave the registry within about one TTL. Writes are queued and applied in order
@@ -30,6 +32,7 @@ from callgate.log import event
 logger = logging.getLogger("callgate.cluster")
 
 PREFIX = "callgate:"
+ENDED_TTL = 3600  # seconds an ended call still routes to its node (which answers replays)
 MAX_PENDING = 10_000  # writes queued while Redis is away; older state is worth little
 
 
@@ -90,8 +93,9 @@ class CallRegistry:
         self._queue("set", call_id, {"node": self.node_id, "url": self.node_url,
                                      "state": state, **meta})
 
-    def remove(self, call_id: str) -> None:
-        self._queue("del", call_id, {})
+    def ended(self, call_id: str, state: str) -> None:
+        """``call_id`` is over; its record lingers ``ENDED_TTL`` for replayed verbs."""
+        self._queue("end", call_id, {"state": state})
 
     def _queue(self, op: str, call_id: str, fields: dict[str, str]) -> None:
         if self._writes.qsize() >= MAX_PENDING:
@@ -111,11 +115,11 @@ class CallRegistry:
     async def _apply(self, op: str, call_id: str, fields: dict[str, str]) -> None:
         key, owned = f"{PREFIX}call:{call_id}", f"{PREFIX}calls:{self.node_id}"
         async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=cast(Any, fields))
             if op == "set":
-                pipe.hset(key, mapping=cast(Any, fields))
                 pipe.sadd(owned, call_id)
             else:
-                pipe.delete(key)
+                pipe.expire(key, ENDED_TTL)
                 pipe.srem(owned, call_id)
             await pipe.execute()
 
