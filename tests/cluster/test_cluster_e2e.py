@@ -25,12 +25,13 @@ import redis
 from callgate import config
 from callgate.cluster.launch import Cluster
 from tests.cluster.nodes import API_KEY
+from tests.e2e import harness
 from tests.e2e.harness import PROJECT_ID, SippResult, free_rtp_range, sipp
 from tests.e2e.receiver import SECRET, Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-SCENARIO = "../../cluster/scenarios/uac_wait_bye_8s"
+SCENARIO = "uac_wait_bye_8s"
 
 
 @dataclass
@@ -104,7 +105,8 @@ def _observe(node1_port: int, call_id: str) -> str:
     return asyncio.run(main())
 
 
-def test_three_nodes_behind_kamailio(tmp_path: Path) -> None:
+def test_three_nodes_behind_kamailio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "SCENARIOS", Path(__file__).parent / "scenarios")
     base = random.randrange(21000, 29000, 10)
     settings = config.load(sip_host="127.0.0.1", sip_port=base, http_host="127.0.0.1",
                            http_port=base + 5, rtp_ports=free_rtp_range(600),

@@ -83,7 +83,8 @@ class Cluster:
         sip_port, http_port = s.sip_port + 1 + index, s.http_port + 1 + index
         env = dict(os.environ, **self.env, CALLGATE_REDIS_URL=self.redis_url or "",
                    CALLGATE_NODE_ID=name, CALLGATE_SIP_HOST="127.0.0.1",
-                   CALLGATE_SIP_PORT=str(sip_port), CALLGATE_HTTP_PORT=str(http_port),
+                   CALLGATE_SIP_PORT=str(sip_port), CALLGATE_HTTP_HOST=s.http_host,
+                   CALLGATE_HTTP_PORT=str(http_port),
                    CALLGATE_RTP_PORTS=f"{low + index * share}-{low + (index + 1) * share - 2}")
         argv = [sys.executable, "-m", "callgate.cli", "serve"]
         if self.config_file is not None:
