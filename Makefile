@@ -60,6 +60,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.setup_rate
 	$(BIN)/python -m bench.capacity
 	$(BIN)/python -m bench.voice_latency
+	$(BIN)/python -m bench.cluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
