@@ -22,10 +22,10 @@ def free_port() -> int:
 class RedisServer:
     """A fresh server; ``stop`` (idempotent) kills it, as leaving the ``with`` block does."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         if shutil.which("redis-server") is None:
             pytest.skip("redis-server is not installed (make system-deps)")
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory()
         self.proc = subprocess.Popen(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -131,3 +132,40 @@ def test_redis_gone_lookups_raise_writes_do_not_block() -> None:
             await a.close()
 
     asyncio.run(main())
+
+
+def test_calls_are_written_again_when_redis_comes_back() -> None:
+    from tests.cluster.redis_proc import RedisServer
+
+    first = RedisServer()
+
+    async def main() -> None:
+        a = CallRegistry(first.url, "a", "http://127.0.0.1:1", ttl=0.6, op_timeout=0.3)
+        await a.start()
+        try:
+            a.record("rtc_before", "accepted")
+            await flushed(a)
+            first.stop()
+            a.record("rtc_during", "ringing", sip_call_id="d@x")
+            a.record("rtc_gone", "ringing")
+            a.ended("rtc_gone", "cancelled")
+            await flushed(a)
+            assert not a.available
+            with RedisServer(first.port):  # back, and empty
+
+                async def both() -> bool:
+                    with contextlib.suppress(RegistryUnavailable):
+                        return (await a.owner("rtc_before") is not None
+                                and await a.owner("rtc_during") is not None)
+                    return False
+
+                await until(both, timeout=5)
+                assert (await a.call("rtc_during"))["sip_call_id"] == "d@x"
+                assert await a.owner("rtc_gone") is None
+        finally:
+            await a.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        first.stop()

@@ -12,7 +12,9 @@ Keys (all under ``callgate:``):
 A node whose heartbeat lapsed is dead: any living node's reaper deletes its calls and its
 entry, so they leave the registry within about one TTL. Writes are queued and applied in order
 by one task, off the call path: a slow or absent Redis never delays SIP or media, it only makes
-this node's calls invisible to the others until Redis is back.
+this node's calls invisible to the others until Redis is back. Then the node writes its live
+calls again, since writes made while Redis was away are lost (as is everything, if Redis
+restarted empty).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class CallRegistry:
         self._writes: asyncio.Queue[tuple[str, str, dict[str, str]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.available = False
+        self._live: dict[str, dict[str, str]] = {}  # what Redis should hold for our calls
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -90,11 +93,13 @@ class CallRegistry:
 
     def record(self, call_id: str, state: str, **meta: str) -> None:
         """This node owns ``call_id``, now in ``state``."""
-        self._queue("set", call_id, {"node": self.node_id, "url": self.node_url,
-                                     "state": state, **meta})
+        fields = self._live.setdefault(call_id, {"node": self.node_id, "url": self.node_url})
+        fields.update(state=state, **meta)
+        self._queue("set", call_id, dict(fields))
 
     def ended(self, call_id: str, state: str) -> None:
         """``call_id`` is over; its record lingers ``ENDED_TTL`` for replayed verbs."""
+        self._live.pop(call_id, None)
         self._queue("end", call_id, {"state": state})
 
     def _queue(self, op: str, call_id: str, fields: dict[str, str]) -> None:
@@ -190,6 +195,9 @@ class CallRegistry:
     def _mark(self, available: bool, error: Any = None) -> None:
         if available != self.available:
             self.available = available
+            if available:
+                for call_id, fields in self._live.items():
+                    self._queue("set", call_id, dict(fields))
             event(logger, "cluster.redis_up" if available else "cluster.redis_down",
                   logging.INFO if available else logging.WARNING, node=self.node_id,
                   error=str(error) if error else None)
