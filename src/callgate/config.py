@@ -139,8 +139,9 @@ class Settings(BaseSettings):
                                  "API at; unset: http://<http_host>:<http_port>.")
     node_ttl: float = Field(3.0, gt=0, description="Seconds a node's heartbeat lives; its calls "
                             "leave the registry this long after it dies.")
-    drain_timeout: float = Field(300.0, ge=0, description="On SIGTERM: seconds calls in progress "
-                                 "may go on before they get BYE and the node exits.")
+    drain_timeout: float = Field(300.0, ge=0, description="On SIGTERM, a cluster node's (redis_url "
+                                 "set) calls in progress may go on this many seconds before they "
+                                 "get BYE and the node exits.")
 
     # --- logging ---------------------------------------------------------------------------
     log_level: str = Field("info", description="debug, info, warning or error.")

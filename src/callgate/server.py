@@ -207,7 +207,8 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def run(settings: Settings) -> None:
-    """Serve until SIGINT (stop now) or SIGTERM (drain first: the way a cluster node leaves)."""
+    """Serve until SIGINT or SIGTERM. A cluster node (``redis_url`` set) drains on SIGTERM,
+    the way a node leaves its cluster; a single node hangs up at once, as it always has."""
     gateway = Gateway(settings)
     stop = asyncio.Event()
     drain = asyncio.Event()
@@ -222,7 +223,7 @@ async def run(settings: Settings) -> None:
     try:
         await gateway.start()
         await stop.wait()
-        if drain.is_set():
+        if drain.is_set() and settings.redis_url:
             await gateway.drain()
     finally:
         await gateway.stop()
