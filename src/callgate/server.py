@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from callgate.api.app import create_app
+from callgate.api.app import MAX_BODY_BYTES, create_app
 from callgate.api.realtime_ws import make_realtime_router
 from callgate.calls.manager import CallManager
 from callgate.calls.signalling import Signalling
@@ -128,7 +128,8 @@ class Gateway:
             calls = self.calls
             self.calls.registry = self.registry
             self.forwarder = Forwarder(self.registry,
-                                       lambda cid: cid in calls.calls or cid in calls.ended)
+                                       lambda cid: cid in calls.calls or cid in calls.ended,
+                                       max_body=MAX_BODY_BYTES)
         app = create_app(s, self.calls, extra_routers=[make_realtime_router(
             self.sessions, s, self.engine_for,
             self.forwarder.relay if self.forwarder is not None else None)])

@@ -44,9 +44,10 @@ def error_body(message: str, code: str, *, type_: str = "invalid_request_error",
 
 class Forwarder:
     def __init__(self, registry: CallRegistry, is_local: Callable[[str], bool], *,
-                 timeout: float = 30.0) -> None:
+                 max_body: int, timeout: float = 30.0) -> None:
         self.registry = registry
         self.is_local = is_local
+        self.max_body = max_body
         self.http = httpx.AsyncClient(timeout=timeout)
 
     async def aclose(self) -> None:
@@ -76,8 +77,9 @@ class Forwarder:
         """Starlette HTTP middleware: call-control requests for remote calls go to the owner."""
         match = _CALL_PATH.match(request.url.path)
         if (match is None or request.method != "POST" or FORWARDED in request.headers
-                or self.is_local(match.group(1))):
-            return await call_next(request)
+                or self.is_local(match.group(1))
+                or int(request.headers.get("content-length") or 0) > self.max_body):
+            return await call_next(request)  # the API answers it here (or refuses it: 413)
         call_id = match.group(1)
         url, answer = await self._route(call_id)
         if answer is not None:
@@ -135,11 +137,11 @@ class Forwarder:
         event(logger, "cluster.ws_relayed", call_id=call_id, url=url)
         async with upstream:
             await websocket.accept(subprotocol=upstream.subprotocol)
-            await _pipe(websocket, upstream)
+            await _pipe(websocket, upstream, call_id)
         return True
 
 
-async def _pipe(websocket: WebSocket, upstream: ClientConnection) -> None:
+async def _pipe(websocket: WebSocket, upstream: ClientConnection, call_id: str) -> None:
     async def down() -> None:
         async for frame in upstream:
             if isinstance(frame, str):
@@ -165,7 +167,8 @@ async def _pipe(websocket: WebSocket, upstream: ClientConnection) -> None:
     for result in results:
         if isinstance(result, Exception) and not isinstance(
                 result, ConnectionClosed | WebSocketDisconnect | asyncio.CancelledError):
-            event(logger, "cluster.ws_relay_error", logging.WARNING, error=repr(result))
+            event(logger, "cluster.ws_relay_error", logging.WARNING, call_id=call_id,
+                  error=repr(result))
     if websocket.client_state is WebSocketState.CONNECTED:
         # The owner's close code and reason reach the client unchanged.
         code = upstream.close_code or 1000
