@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := sip-tester baresip-core sox espeak-ng libopus0 kamailio postgresql chromium
-SYSTEM_COMMANDS := sipp baresip sox espeak-ng kamailio chromium
+SYSTEM_PACKAGES := sip-tester baresip-core sox espeak-ng libopus0 kamailio postgresql chromium redis-server
+SYSTEM_COMMANDS := sipp baresip sox espeak-ng kamailio chromium redis-server
 
 .PHONY: serve test lint typecheck pytest bench system-deps clean
 
@@ -77,6 +77,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.setup_rate
 	$(BIN)/python -m bench.capacity
 	$(BIN)/python -m bench.voice_latency
+	$(BIN)/python -m bench.cluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

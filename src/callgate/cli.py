@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the SIP gateway and its HTTP/WebSocket API")
     serve.add_argument("--config", type=Path, help="TOML file (CALLGATE_* variables win)")
+    cluster = sub.add_parser("cluster", help="run N nodes, Redis and Kamailio on this machine")
+    cluster.add_argument("--nodes", type=int, default=os.cpu_count() or 1,
+                         help="callgate processes (default: one per core)")
+    cluster.add_argument("--config", type=Path, help="TOML file every node reads")
+    cluster.add_argument("--redis-url", help="an existing Redis (default: start one)")
     args = parser.parse_args(argv)
 
     try:
@@ -26,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"callgate: bad configuration: {exc}", file=sys.stderr)
         return 2
     log.setup(settings.log_level, settings.log_format)
+    if args.command == "cluster":
+        from callgate.cluster.launch import run as run_cluster
+
+        if args.nodes < 1:
+            print("callgate cluster: --nodes must be at least 1", file=sys.stderr)
+            return 2
+        return run_cluster(settings, args.nodes, args.config, args.redis_url)
 
     from callgate.server import run  # after logging is set up: imports load numpy & co.
 

@@ -279,6 +279,19 @@ class Settings(BaseSettings):
     recording_retention_days: float = Field(30.0, ge=0, description="Delete recordings "
                                             "older than this many days (0: keep them).")
 
+    # --- several nodes -----------------------------------------------------------------------
+    redis_url: str | None = Field(None, description="Redis shared by the nodes of a cluster "
+                                  "(redis://host:port/db); unset: one node, no registry.")
+    node_id: str | None = Field(None, description="This node's name in the registry; unset: "
+                                "host:http_port of node_url.")
+    node_url: str | None = Field(None, description="Base URL the other nodes reach this node's "
+                                 "API at; unset: http://<http_host>:<http_port>.")
+    node_ttl: float = Field(3.0, gt=0, description="Seconds a node's heartbeat lives; its calls "
+                            "leave the registry this long after it dies.")
+    drain_timeout: float = Field(300.0, ge=0, description="On SIGTERM, a cluster node's (redis_url "
+                                 "set) calls in progress may go on this many seconds before they "
+                                 "get BYE and the node exits.")
+
     # --- logging ---------------------------------------------------------------------------
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_format: Literal["text", "json"] = Field("text", description="key=value text or JSON.")

@@ -16,11 +16,14 @@ from typing import Any
 
 import uvicorn
 
-from callgate.api.app import create_app
+from callgate.api.app import MAX_BODY_BYTES, create_app
 from callgate.api.operator import make_operator_router
 from callgate.api.realtime_ws import make_realtime_router
 from callgate.calls.shell import CallShell
 from callgate.calls.webhook import WebhookSender
+from callgate.cluster import registry_from_settings
+from callgate.cluster.forward import Forwarder
+from callgate.cluster.registry import CallRegistry
 from callgate.config import Settings
 from callgate.engines.base import Engine
 from callgate.engines.registry import create_engine
@@ -62,6 +65,8 @@ class Gateway:
     records: RecordStore | None = None
     watch: CallWatch = field(init=False)
     pruner: asyncio.Task[None] | None = None
+    registry: CallRegistry | None = None
+    forwarder: Forwarder | None = None
 
     def __post_init__(self) -> None:
         self.sessions = SessionRegistry(self.engine_for, same_engine=self.settings.same_engine)
@@ -170,10 +175,19 @@ class Gateway:
         contact_ports.update({name: addr[1] for name, addr in self.sip_addresses.items()})
         self.calls.start()
 
+        self.registry = registry_from_settings(s, s.http_port)
+        if self.registry is not None:
+            await self.registry.start()
+            calls = self.calls
+            self.calls.registry = self.registry
+            self.forwarder = Forwarder(self.registry, calls.knows, max_body=MAX_BODY_BYTES)
         app = create_app(s, self.calls, on_recording=self.watch.want_recording, extra_routers=[
-            make_realtime_router(self.sessions, s, self.engine_for),
+            make_realtime_router(self.sessions, s, self.engine_for,
+                                 self.forwarder.relay if self.forwarder is not None else None),
             make_operator_router(api_key=s.api_key, metrics=self.metrics, watch=self.watch,
                                  records=self.records, recordings=s.data_dir / "recordings")])
+        if self.forwarder is not None:
+            app.middleware("http")(self.forwarder.middleware)
         config = uvicorn.Config(
             app, host=s.http_host, port=s.http_port, ws="websockets-sansio", lifespan="off",
             log_config=None, access_log=False,
@@ -199,9 +213,26 @@ class Gateway:
               webhook=",".join(s.webhook_url) or "none (auto-accept)",
               default_model=s.default_model)
 
+    async def drain(self) -> None:
+        """Take no new calls (OPTIONS and INVITE get 503); wait up to ``drain_timeout`` for
+        the calls in progress to end on their own. ``stop`` then ends the rest with BYE."""
+        if self.calls is None:
+            return
+        self.calls.draining = True
+        deadline = time.monotonic() + self.settings.drain_timeout
+        event(logger, "gateway.draining", calls=self.calls.active_count,
+              timeout=self.settings.drain_timeout)
+        while self.calls.active_count and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        event(logger, "gateway.drained", calls_left=self.calls.active_count)
+
     async def stop(self) -> None:
         if self.calls is not None:
             await self.calls.close()
+        if self.registry is not None:
+            await self.registry.close()
+        if self.forwarder is not None:
+            await self.forwarder.aclose()
         if self.http is not None:
             self.http.should_exit = True
             if self.http_task is not None:
@@ -238,13 +269,23 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def run(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM. A cluster node (``redis_url`` set) drains on SIGTERM,
+    the way a node leaves its cluster; a single node hangs up at once, as it always has."""
     gateway = Gateway(settings)
     stop = asyncio.Event()
+    drain = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def terminate() -> None:
+        drain.set()
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
     try:
         await gateway.start()
         await stop.wait()
+        if drain.is_set() and settings.redis_url:
+            await gateway.drain()
     finally:
         await gateway.stop()

@@ -51,6 +51,11 @@ class ShardedControl:
                 "direction": "outbound", "destination": transport["destination"],
                 "trunk": None, "created_at": 0}
 
+    def trunks(self) -> list[dict[str, Any]]:
+        return [{"name": "carrier", "address": "sip:carrier.example", "registers": True,
+                 "state": "registered", "expires": 300, "failures": 0,
+                 "public_address": "192.0.2.10:5060"}]
+
 
 CONTROL = ShardedControl()
 APP = create_app(Settings(api_key=API_KEY, api_docs=True,

@@ -441,7 +441,7 @@ def test_health_and_openapi(base_url: str) -> None:
     assert set(schema["paths"]) == {
         "/v1/realtime/calls/{call_id}/accept", "/v1/realtime/calls/{call_id}/reject",
         "/v1/realtime/calls/{call_id}/refer", "/v1/realtime/calls/{call_id}/hangup",
-        "/healthz", "/v1/realtime/calls"}
+        "/healthz", "/v1/realtime/calls", "/v1/trunks"}
     accept = schema["paths"]["/v1/realtime/calls/{call_id}/accept"]["post"]
     assert set(accept["responses"]) == {"200", "400", "401", "404", "409", "413", "500"}
     assert "HTTPValidationError" not in schema["components"]["schemas"]

@@ -72,3 +72,18 @@ def test_voice_latency_quick(tmp_path: Path) -> None:
     assert local["voice_to_voice_ms"]["n"] == 1, local["trials"]
     assert local["stt_ms"]["n"] == 1 and local["turn_detection_wait_ms"]["p50"] >= 0
     assert "llm" in results
+
+
+@pytest.mark.skipif(shutil.which("kamailio") is None or shutil.which("redis-server") is None,
+                    reason="kamailio and redis-server are needed (Debian packages)")
+def test_cluster_quick(tmp_path: Path) -> None:
+    results = _run("cluster", tmp_path, timeout=180)
+    for count in (1, 2):
+        steps = results["setup_rate"][f"nodes_{count}"]["steps"]
+        assert steps and all(s["successful"] == s["calls"] > 0 for s in steps), steps
+    forwarding = results["forwarding"]
+    for part, kinds in (("rest_hangup_ms", ("direct", "forwarded")),
+                        ("ws_event_round_trip_ms", ("direct", "relayed"))):
+        for kind in kinds:
+            assert forwarding[part][kind]["n"] == forwarding["samples"]
+            assert forwarding[part][kind]["p50"] > 0

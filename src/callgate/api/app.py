@@ -140,6 +140,8 @@ def create_app(settings: Settings, control: CallControl, *,
 
     @app.get("/v1/trunks", response_model=TrunkList, operation_id="listTrunks", tags=["trunks"],
              summary="The configured trunks and their registrations (callgate extension)",
+             responses={401: _error("Missing or wrong API key.")} if api_key is not None
+             else {},
              dependencies=[Depends(require_api_key(api_key))] if api_key is not None else [])
     async def list_trunks() -> TrunkList:
         return TrunkList(data=[TrunkStatus.model_validate(t) for t in control.trunks()])

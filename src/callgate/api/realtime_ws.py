@@ -45,13 +45,16 @@ from callgate.realtime.subscribers import Subscription
 logger = logging.getLogger(__name__)
 
 EngineFactory = Callable[[str], Awaitable[Engine]]
+# Relays a socket for a call another node owns; False when no node does.
+Relay = Callable[[WebSocket, str], Awaitable[bool]]
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
 CLOSE_NORMAL = 1000
 CLOSE_TOO_SLOW = 1008  # policy violation: the client did not read its events
 
 
 def make_realtime_router(registry: SessionRegistry, settings: Settings,
-                         engine_factory: EngineFactory | None = None) -> APIRouter:
+                         engine_factory: EngineFactory | None = None,
+                         relay: Relay | None = None) -> APIRouter:
     """The router serving ``/v1/realtime``; standalone sessions get engines from
     ``engine_factory`` (default: the registry's, else ``callgate.engines.registry``)."""
     router = APIRouter()
@@ -97,6 +100,8 @@ def make_realtime_router(registry: SessionRegistry, settings: Settings,
         if call_id:
             found = registry.get(call_id)
             if found is None:
+                if relay is not None and await relay(websocket, call_id):
+                    return
                 await _deny(websocket, ApiError(
                     404, "No session found for the provided call_id.", param="call_id",
                     code="call_id_not_found"))

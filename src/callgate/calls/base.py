@@ -55,6 +55,7 @@ class CoreBase:
         self.rng = rng or random.Random()
         # Metrics, records and the console (callgate.observe): told of every call's states.
         self.observer: CallObserver | None = None
+        self.draining = False  # on SIGTERM in a cluster: calls go on, new ones are refused
         self.calls: dict[str, Call] = {}
         self.dialogs = DialogSet()
         self.ended: OrderedDict[str, CallState] = OrderedDict()

@@ -204,7 +204,9 @@ class CallCore(Inbound, Outbound, Trunking, MidCall):
         elif request.method == "INVITE" and trunk is not None:
             self._new_invite(rx, now, trunk)
         elif request.method == "OPTIONS":
-            self._reply(rx, make_response(request, 200, to_tag=new_tag(), headers=[
+            # 503 while draining: a dispatcher's probe moves new calls to other nodes.
+            self._reply(rx, make_response(request, 503 if self.draining else 200,
+                                          to_tag=new_tag(), headers=[
                 ("Allow", ALLOW_HEADER), ("Accept", "application/sdp"),
                 ("Supported", ", ".join(sorted(SUPPORTED)))]))
         else:

@@ -116,7 +116,7 @@ class Inbound(CoreBase):
 
     def _new_invite(self, rx: ev.RequestReceived, now: float, trunk: str) -> None:
         request = rx.request
-        if len(self.calls) >= self.settings.max_calls:
+        if self.draining or len(self.calls) >= self.settings.max_calls:
             self._reply(rx, refuse(request, 503, "Service Unavailable", [("Retry-After", "10")]))
             event(logger, "sip.overload", sip_call_id=request.call_id, calls=len(self.calls))
             self._refused(503, "max_calls")

@@ -25,6 +25,7 @@ from callgate.calls.line import CallFailed, EngineFactory, LineOutput, local_ip_
 from callgate.calls.reporting import call_answered, call_started
 from callgate.calls.state import CallState
 from callgate.calls.webhook import WebhookSender
+from callgate.cluster.registry import CallRegistry
 from callgate.config import Settings
 from callgate.engines.base import Engine
 from callgate.log import event
@@ -52,6 +53,7 @@ class CallShell:
                  webhooks: WebhookSender | None, observer: CallObserver | None = None) -> None:
         self.settings = settings
         self.observer: CallObserver = observer or Observers()
+        self.registry: CallRegistry | None = None  # the cluster's, when there are several nodes
         self.sessions = sessions
         self.engine_factory = engine_factory
         self.port_pool = port_pool
@@ -244,6 +246,8 @@ class CallShell:
         if call is not None:
             self.observer.call_event(call_started(call, "inbound", time.time(),
                                                   call.extra.get("trunk") or None))
+            if self.registry is not None:
+                self.registry.record(call_id, call.state.value, sip_call_id=call.sip_call_id)
         if self.webhooks is None:
             self.spawn(self._auto_accept(call_id), f"auto-accept {call_id}")
             return
@@ -288,6 +292,8 @@ class CallShell:
             raise InvalidCallRequest(exc.message, param=exc.param) from None
         core.accept(call_id, session, self.loop.time())
         self.pump()
+        if self.registry is not None:
+            self.registry.record(call_id, "accepted")
         engine, media = await self._prepare(call_id, session)
         self.media[call_id], self.engines[call_id] = media, engine
         answered = core.answer(call_id, media.local_port, self.loop.time())
@@ -305,6 +311,19 @@ class CallShell:
                 await asyncio.shield(starting)
             except Exception as exc:
                 raise CallFailed(f"Could not start the session: {exc}") from None
+
+    @property
+    def draining(self) -> bool:
+        return self.core is not None and self.core.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._core().draining = value
+
+    def knows(self, call_id: str) -> bool:
+        """Whether this node holds (or lately held) the call: the cluster forwards the rest."""
+        core = self.core
+        return core is not None and (call_id in core.calls or call_id in core.ended)
 
     def trunks(self) -> list[dict[str, Any]]:
         registrations = self.core.registrations if self.core is not None else {}
@@ -347,6 +366,8 @@ class CallShell:
             raise
         self.media[call.id], self.engines[call.id] = media, engine
         self.observer.call_event(call_started(call, "outbound", time.time(), plan.trunk))
+        if self.registry is not None:
+            self.registry.record(call.id, call.state.value, sip_call_id=call.sip_call_id)
         # The session exists while the call rings, so observers may attach (?call_id=);
         # it starts when the callee answers, so the greeting is heard from the first word.
         rt = RealtimeSession(config=session, engine=engine, call_id=call.id,
@@ -452,6 +473,8 @@ class CallShell:
     async def _release(self, action: act.Release) -> None:
         """Free everything a finished call holds."""
         call_id = action.call_id
+        if self.registry is not None:
+            self.registry.ended(call_id, action.state.value)
         session = self.live.pop(call_id, None)
         engine = self.engines.pop(call_id, None)
         media = self.media.pop(call_id, None)
