@@ -66,7 +66,9 @@ def test_every_stage_over_http(peer: tuple[str, PeerState]) -> None:
     assert "weather" in state.requests[0]["messages"][1]["content"]
     assert "".join(e.text for e in said if isinstance(e, TextDelta)) == \
         "It is sunny in Paris today."
-    assert [r["voice"] for r in state.speech_requests] == ["joe"]  # the route's voice wins
+    # Spoken in pieces (the first ends after four words); the route's voice wins for each.
+    assert [r["input"] for r in state.speech_requests] == ["It is sunny in", "Paris today."]
+    assert {r["voice"] for r in state.speech_requests} == {"joe"}
     assert state.speech_requests[0]["response_format"] == "pcm"
     assert state.speech_requests[0]["model"] == "tts-x"
     pcm = b"".join(e.pcm for e in said if isinstance(e, AudioDelta))
