@@ -392,8 +392,8 @@ def _llm(model: str, args: Any, workdir: Path, results: dict[str, Any]
                 "or --llm-gguf; the local engine answers with its 'not available' apology, so "
                 "the LLM stage is absent from these figures")}
             print(results["llm"]["missing"], file=sys.stderr)
-        else:  # what `make serve` runs: llama.cpp inside the gateway process
-            results["llm"] = {"server": "in process (llama-cpp-python), the bundled default",
+        else:  # what `make serve` runs: llama.cpp in the llm worker process
+            results["llm"] = {"server": "llama-cpp-python in the llm worker, the bundled default",
                               "gguf": Path(bundled).name,
                               "gguf_mb": round(Path(bundled).stat().st_size / 2**20, 1)}
         yield {}

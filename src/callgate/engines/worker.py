@@ -106,6 +106,19 @@ def _die_with_parent() -> None:
         pass
 
 
+def _leave_the_gateways_cores() -> None:
+    """A gateway pinned to some cores (taskset, systemd's CPUAffinity: one process per core)
+    keeps them for its RTP tick: its workers, which inherit the pinning, move to the others.
+    An unpinned gateway's workers stay unpinned."""
+    try:
+        pinned = os.sched_getaffinity(0)
+        others = set(range(os.cpu_count() or 1)) - pinned
+        if others:
+            os.sched_setaffinity(0, others)
+    except OSError:  # a cpuset that does not have those cores: stay where we are
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="callgate-worker")
     parser.add_argument("--fd", type=int, required=True)
@@ -119,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     # On a busy core the kernel should run the gateway's 20 ms RTP tick before a model's next
     # matrix: a late packet is heard on every call, a turn a few ms later is not.
     os.nice(WORKER_NICENESS)
+    _leave_the_gateways_cores()
     log.setup(os.environ.get("CALLGATE_LOG_LEVEL", "info"),
               os.environ.get("CALLGATE_LOG_FORMAT", "text"))
     # SIGINT goes to the whole process group on Ctrl-C: the gateway decides when we stop.
