@@ -9,7 +9,7 @@ SYSTEM_COMMANDS := sipp baresip sox espeak-ng kamailio chromium redis-server
 .PHONY: serve test lint typecheck pytest bench system-deps clean
 
 # llama.cpp has no binary wheel on PyPI: pip compiles it, and left to itself tunes it to the
-# build machine's CPU (-march=native); such a build crashed on an AVX-512 Xeon. This baseline
+# build machine's own CPU (a "native" build); such a build crashed on an AVX-512 Xeon. This baseline
 # (x86-64-v3: AVX2, FMA, F16C, BMI2; no AVX-512), the one verified on that Xeon, runs on any
 # x86-64 CPU of the last decade; the llm worker refuses older ones with a clear message. The
 # wheel is built once per version and flags and kept outside the clone, never taken from
