@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -256,20 +257,33 @@ def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(kind: int = socket.SOCK_DGRAM, both: bool = True) -> int:
-    """A port free on 127.0.0.1 (for UDP and TCP when ``both``: SIP listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if not both:
-            return port
-        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
-        with socket.socket(socket.AF_INET, other) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+    """A port free on 127.0.0.1 (for UDP and TCP when ``both``: SIP listens on both).
+
+    Picked at random below the kernel's ephemeral range and above callgate's default RTP range:
+    a port the kernel handed out and took back could be handed to some process's outgoing
+    connection before the caller binds it, and then the bind fails with EADDRINUSE.
+    """
+    low, high = 20002, _ephemeral_range()[0] - 1
+    if high - low < 1000:
+        low, high = 1024, 9999
+    for _ in range(200):
+        port = random.randint(low, high)
+        kinds = (kind, socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM)
+        try:
+            for k in kinds[: 2 if both else 1]:
+                with socket.socket(socket.AF_INET, k) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
         return port
     raise RuntimeError("no free port")
 

@@ -11,7 +11,6 @@ import openai
 from flask import Flask, Response, request
 from werkzeug.serving import make_server
 
-from tests.e2e.harness import free_port
 
 SECRET = "whsec_" + "Y2FsbGdhdGUtdGVzdC13ZWJob29rLXNlY3JldA=="
 
@@ -27,10 +26,10 @@ class Receiver:
         self.status = status
         self.events: list[Any] = []
         self.errors: list[BaseException] = []
-        self.port = free_port(both=False)
         app = Flask("receiver")
         app.add_url_rule("/hook", "hook", self._hook, methods=["POST"])
-        self._server = make_server("127.0.0.1", self.port, app, threaded=True)
+        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._workers: list[threading.Thread] = []
 
