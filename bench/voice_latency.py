@@ -52,7 +52,15 @@ QUESTIONS = ["What is the capital of France?", "How many days are there in a wee
              "How far away is the moon?", "Who wrote the play Hamlet?",
              "What is the weather like today?", "Can you book a table for two tonight?"]
 INSTRUCTIONS = "You are a helpful phone assistant. Answer in one short sentence."
-TURN_DETECTION = {"type": "server_vad", "silence_duration_ms": 500}
+# Each run: the engine, and the turn detection its session asks for. ``local`` leaves it unset,
+# as a session accepted by `make serve` does (the default profile: server_vad with 500 ms of
+# silence, ended at once when the end-of-turn model is sure); ``local-vad500`` sets server_vad
+# 500 ms itself, which only ever waits out the silence.
+RUNS: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "echo": ("echo", None),
+    "local": ("local", None),
+    "local-vad500": ("local", {"type": "server_vad", "silence_duration_ms": 500}),
+}
 VOICED_RMS = 300.0   # about -40 dBFS: above line noise, below any speech
 FRAME_S = 0.020
 TARGET_CPU_P50_MS = 1200
@@ -248,11 +256,13 @@ def llama_server(gguf: Path, workdir: Path) -> Iterator[str]:
 
 # -- the run ------------------------------------------------------------------------------------
 
-def run_engine(model: str, workdir: Path, questions: list[list[bytes]], trials: int, *,
+def run_engine(name: str, workdir: Path, questions: list[list[bytes]], trials: int, *,
                quick: bool, settings: dict[str, str]) -> dict[str, Any]:
     warmup = not quick
-    session = {"type": "realtime", "model": model, "instructions": INSTRUCTIONS,
-               "audio": {"input": {"turn_detection": TURN_DETECTION}}}
+    model, turn_detection = RUNS[name]
+    session: dict[str, Any] = {"type": "realtime", "model": model, "instructions": INSTRUCTIONS}
+    if turn_detection is not None:
+        session["audio"] = {"input": {"turn_detection": turn_detection}}
     listen_s = (1.5 if quick else 4.0) if model == "echo" else 30.0
     rows: list[dict[str, Any]] = []
     with common.callgate(workdir, cpu=None, default_session=json.dumps(session),
@@ -342,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm-gguf", type=Path, default=None,
                         help="GGUF to serve with llama_cpp.server (default: the gateway's own "
                              "default, the bundled SmolLM2 in process)")
-    parser.add_argument("--engines", default="echo,local")
+    parser.add_argument("--engines", default=",".join(RUNS),
+                        help=f"runs, comma-separated, of {', '.join(RUNS)}")
     args = parser.parse_args(argv)
     common.set_nice(args.nice)
     started = time.time()
@@ -350,22 +361,27 @@ def main(argv: list[str] | None = None) -> int:
     if common.need("espeak-ng", "espeak-ng") is None:
         return 2
     trials = args.trials or (1 if args.quick else len(QUESTIONS))
+    engines = args.engines.split(",")
+    unknown = [name for name in engines if name not in RUNS]
+    if unknown:
+        parser.error(f"unknown run(s) {', '.join(unknown)}: choose from {', '.join(RUNS)}")
     results: dict[str, Any] = {
-        "questions": QUESTIONS, "instructions": INSTRUCTIONS, "turn_detection": TURN_DETECTION,
+        "questions": QUESTIONS, "instructions": INSTRUCTIONS,
+        "turn_detection": {name: RUNS[name][1] or "unset (default profile)" for name in engines},
         "voiced_rms_threshold": VOICED_RMS, "pinning": None,
         "target_p50_ms_cpu": TARGET_CPU_P50_MS}
     with tempfile.TemporaryDirectory(prefix="callgate-bench-voice-") as tmp:
         workdir = Path(tmp)
         questions = [question_frames(workdir, q) for q in QUESTIONS]
-        for model in args.engines.split(","):
-            print(f"{model}:", flush=True)
-            with _llm(model, args, workdir, results) as settings:
-                results[model] = run_engine(model, workdir, questions, trials,
-                                            quick=args.quick, settings=settings)
-        if not args.quick and "local" in args.engines.split(","):
+        for name in engines:
+            print(f"{name}:", flush=True)
+            with _llm(RUNS[name][0], args, workdir, results) as settings:
+                results[name] = run_engine(name, workdir, questions, trials,
+                                           quick=args.quick, settings=settings)
+        if not args.quick and any(RUNS[name][0] == "local" for name in engines):
             results["stt_clip_scaling"] = stt_scaling(questions[0])
     results["summary"] = {m: {k: v for k, v in results[m].items() if k != "trials"}
-                          for m in args.engines.split(",")}
+                          for m in engines}
     common.write_results(common.results_path(NAME, args.quick, args.out), NAME, quick=args.quick,
                          started=started, machine=machine, results=results)
     print(json.dumps(results["summary"], indent=2))

@@ -3,11 +3,19 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 
 from callgate.engines.hub import ModelUnavailable
 from callgate.engines.stt import WhisperTranscriber
-from callgate.engines.tts import SHIPPED_VOICE, PiperSpeech, is_voice, voice_files
+from callgate.engines.tts import (
+    ONSET_LEAD_S,
+    SHIPPED_VOICE,
+    PiperSpeech,
+    is_voice,
+    trim_lead,
+    voice_files,
+)
 
 from .audio import rms, seconds, words
 
@@ -36,6 +44,28 @@ def test_speech_is_24khz_pcm_of_plausible_length_and_says_the_text() -> None:
     assert 1.2 < seconds(pcm) < 4.5
     assert rms(pcm) > 1000
     assert {"weather", "today", "sunny", "warm"} <= words(heard)
+
+
+def test_the_first_words_start_at_once() -> None:
+    # Piper's own lead-in is 30-100 ms of near silence; the caller must not wait through it.
+    pcm = b"".join(asyncio.run(_say("Paris is the capital of France.")))
+    samples = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    onset = int(np.flatnonzero(np.abs(samples) > 0.01)[0])
+    assert onset <= 0.010 * 24000
+
+
+def test_trim_lead_keeps_a_little_before_the_onset_and_all_of_silence() -> None:
+    rate = 22050
+    audio = np.zeros(rate, np.float32)
+    audio[2000:] = 0.5 * np.sin(np.arange(rate - 2000) / 5)
+    trimmed = trim_lead(audio, rate)
+    lead = int(ONSET_LEAD_S * rate)
+    onset = 2000 + 1  # sin(0) is silent; the next sample is loud
+    assert abs(audio[onset]) > 0.01
+    assert len(trimmed) == len(audio) - (onset - lead)
+    assert np.array_equal(trimmed[-100:], audio[-100:])
+    quiet = np.full(500, 0.001, np.float32)
+    assert np.array_equal(trim_lead(quiet, rate), quiet)
 
 
 def test_speed_maps_to_length_scale() -> None:

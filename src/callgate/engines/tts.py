@@ -106,18 +106,37 @@ def load_job(args: dict[str, Any], stop: threading.Event) -> Iterator[bytes]:
     yield from ()
 
 
+# Piper starts each utterance with 30-100 ms of near silence (measured on the shipped voice),
+# which the caller would wait through before the first word. The first chunk starts this long
+# before its first sample above ONSET_LEVEL (-40 dBFS), so that a soft onset is kept whole.
+ONSET_LEVEL = 0.01
+ONSET_LEAD_S = 0.005
+
+
+def trim_lead(audio: np.ndarray[Any, np.dtype[np.float32]], rate: int
+              ) -> np.ndarray[Any, np.dtype[np.float32]]:
+    loud = np.flatnonzero(np.abs(audio) > ONSET_LEVEL)
+    if not len(loud):
+        return audio
+    return audio[max(0, int(loud[0]) - int(ONSET_LEAD_S * rate)):]
+
+
 def synthesize_job(args: dict[str, Any], stop: threading.Event) -> Iterator[bytes]:
-    """Worker job: 24 kHz PCM16 per sentence of ``args["text"]`` until ``stop`` is set."""
+    """Worker job: 24 kHz PCM16 per sentence of ``args["text"]`` until ``stop`` is set; the
+    first starts at its onset."""
     from piper.config import SynthesisConfig
 
     piper_voice = load_voice(args["voice"], threads=args["threads"])
     config = SynthesisConfig(length_scale=1.0 / max(args["speed"], 0.25),
                              volume=args["volume"])
     rate = int(piper_voice.config.sample_rate)
+    first = True
     for chunk in piper_voice.synthesize(args["text"], syn_config=config):
         if stop.is_set():
             return
         audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
+        if first:
+            audio, first = trim_lead(audio, rate), False
         if rate != Engine.sample_rate:
             audio = soxr.resample(audio, rate, Engine.sample_rate)
         yield (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
