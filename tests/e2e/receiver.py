@@ -11,7 +11,6 @@ import openai
 from flask import Flask, Response, request
 from werkzeug.serving import make_server
 
-
 SECRET = "whsec_" + "Y2FsbGdhdGUtdGVzdC13ZWJob29rLXNlY3JldA=="
 
 
