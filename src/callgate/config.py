@@ -222,6 +222,9 @@ class Settings(BaseSettings):
                                        description="SIP status sent when nobody decided in time.")
     max_call_seconds: float = Field(0.0, ge=0, description="End an answered call after this "
                                     "long with BYE and a Reason header (s; 0: no limit).")
+    refer_timeout: float = Field(60.0, gt=0, description="A transfer with no final NOTIFY "
+                                 "(2xx-6xx sipfrag) within this long has failed; the call stays "
+                                 "up (s).")
     default_session: dict[str, Any] = Field(
         {"type": "realtime", "model": "local"},
         description="Session config used to auto-accept calls when no webhook URL is set.")

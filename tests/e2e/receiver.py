@@ -4,6 +4,7 @@ built for OpenAI's SIP interface would be."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,15 @@ class Receiver:
             self._workers.append(worker)
             worker.start()
         return Response(status=self.status)
+
+    def wait_for(self, kind: str, timeout: float = 10.0) -> bool:
+        """Whether a delivery of type ``kind`` arrived within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not any(e.type == kind for e in self.events):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def _run(self, call_id: str) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -21,12 +22,15 @@ def _gateway(tmp_path: Path, receiver_port: int, **extra: str):  # type: ignore[
                     webhook_secret=SECRET, api_key=API_KEY, default_model="echo", **extra)
 
 
-def _run(tmp_path: Path, scenario: str, action, **extra: str):  # type: ignore[no-untyped-def]
+def _run(tmp_path: Path, scenario: str, action,  # type: ignore[no-untyped-def]
+         last_webhook: str | None = None, **extra: str):
     receiver = Receiver("http://placeholder/v1", action, api_key=API_KEY)
     with _gateway(tmp_path, receiver.port, **extra) as gw:
         receiver.client = receiver.client.with_options(base_url=f"{gw.http}/v1")
         with receiver:
             result = sipp(gw, scenario, tmp_path, timeout=40)
+            if last_webhook is not None:
+                assert receiver.wait_for(last_webhook), [e.type for e in receiver.events]
         return gw, receiver, result
 
 
@@ -59,10 +63,49 @@ def test_refer_sends_sip_refer(tmp_path: Path) -> None:
         time.sleep(0.5)
         client.realtime.calls.refer(call_id, target_uri="tel:+14155550123")
 
-    gw, receiver, result = _run(tmp_path, "uac_refer", accept_then_refer)
+    gw, receiver, result = _run(tmp_path, "uac_refer", accept_then_refer,
+                                  last_webhook="realtime.call.transferred")
     assert result.returncode == 0, result.output
     assert not receiver.errors
     assert any("transferred" in line for line in gw.events("call.state"))
+    # Each step reached the application, signed, in order (uac_refer.xml: 202, then
+    # sipfrags 100, 180, 200).
+    steps = [(e.type, e.data.sip_status) for e in receiver.events[1:]]
+    assert steps == [("realtime.call.transfer_progress", 202),
+                     ("realtime.call.transfer_progress", 100),
+                     ("realtime.call.transfer_progress", 180),
+                     ("realtime.call.transferred", 200)], steps
+    assert all(e.data.target_uri == "tel:+14155550123" for e in receiver.events[1:])
+
+
+def test_a_busy_transfer_target_leaves_the_call_up(tmp_path: Path) -> None:
+    seen: list[Any] = []
+
+    def accept_refer_listen(client: openai.OpenAI, call_id: str) -> None:
+        client.realtime.calls.accept(call_id, type="realtime", model="echo")
+        ws = client.with_options(websocket_base_url=str(client.base_url).replace("http", "ws"))
+        with ws.realtime.connect(call_id=call_id) as connection:
+            for server_event in connection:  # ends when the call's session closes
+                seen.append(server_event)
+                if server_event.type == "session.created":
+                    client.realtime.calls.refer(call_id, target_uri="sip:sales@example.org")
+
+    gw, receiver, result = _run(tmp_path, "uac_refer_busy", accept_refer_listen,
+                                  last_webhook="realtime.call.transfer_failed")
+    # uac_refer_busy.xml hangs up itself after the 486: a 481 to its BYE (the call gone)
+    # or a BYE from callgate would fail the scenario.
+    assert result.returncode == 0, result.output
+    assert not receiver.errors, receiver.errors
+    steps = [(e.type, e.data.sip_status) for e in receiver.events[1:]]
+    assert steps == [("realtime.call.transfer_progress", 202),
+                     ("realtime.call.transfer_progress", 100),
+                     ("realtime.call.transfer_progress", 180),
+                     ("realtime.call.transfer_failed", 486)], steps
+    assert receiver.events[-1].data.reason == "Busy Here"
+    [error] = [e for e in seen if e.type == "error"]
+    assert error.error.code == "transfer_failed" and "486 Busy Here" in error.error.message
+    assert "sip:sales@example.org" in error.error.message
+    assert any("peer hung up" in line for line in gw.events("call.state"))
 
 
 def test_hangup_sends_bye(tmp_path: Path) -> None:

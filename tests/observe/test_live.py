@@ -17,6 +17,7 @@ from callgate.observe.events import (
     CallSetupFailed,
     CallStarted,
     CallStateChanged,
+    CallTransfer,
     Observers,
     WebhookAttempt,
     WorkerRestarted,
@@ -128,6 +129,10 @@ def test_a_call_seen_from_start_to_end(tmp_path: Path) -> None:
             "status_details": {"type": "cancelled", "reason": "turn_detected"}}})
         for _ in range(5):
             await asyncio.sleep(0)
+        observers.call_event(CallTransfer("rtc_1", "realtime.call.transfer_progress",
+                                          "tel:+1555", 180, "Ringing", 108.0))
+        observers.call_event(CallTransfer("rtc_1", "realtime.call.transfer_failed",
+                                          "tel:+1555", 486, "Busy Here", 108.5))
         media.stats.update(packets_in=480, packets_out=500, lost=20, jitter_ms=2.0)
         observers.call_event(CallStateChanged("rtc_1", "active", "ended", "caller hung up",
                                               110.0, True))
@@ -146,6 +151,8 @@ def test_a_call_seen_from_start_to_end(tmp_path: Path) -> None:
         ("tool_result", "sunny"), ("agent", "Sunny.")]
     assert final["turns"][0]["stages"]["voice_to_voice"] == 1010
     assert final["quality"]["lost"] == 20 and final["quality"]["mos"] < 4.3  # 4 % lost
+    assert [(t["type"], t["sip_status"]) for t in final["transfers"]] == [
+        ("realtime.call.transfer_progress", 180), ("realtime.call.transfer_failed", 486)]
     assert final["recording_path"] == str(tmp_path / "rtc_1.wav")
     assert (tmp_path / "rtc_1.wav").stat().st_size > 44
     assert watch.find("rtc_1") is not None and not watch.calls
@@ -158,13 +165,14 @@ def test_a_call_seen_from_start_to_end(tmp_path: Path) -> None:
     assert after[("callgate_sessions_active", (("model", "local"),))] == 0
     assert after[("callgate_call_setup_total", (("status", "200"),))] == 1
     assert after[("callgate_tool_calls_total", ())] == 1
+    assert after[("callgate_transfers_total", (("outcome", "transfer_failed"),))] == 1
     assert after[("callgate_barge_ins_total", ())] == 1
     assert after[("callgate_turn_stage_seconds_count", (("stage", "stt"),))] == 1
     assert after[("callgate_turn_stage_seconds_sum", (("stage", "stt"),))] == 0.3
     assert after[("callgate_rtp_lost_total", ())] == 20
     assert after[("callgate_webhook_seconds_count", (("outcome", "delivered"),))] == 1
     kinds = [u["type"] for u in updates]
-    assert kinds[0] == "call" and "transcript" in kinds and "turn" in kinds
+    assert kinds[0] == "call" and {"transcript", "turn", "transfer"} <= set(kinds)
     assert "partial" in kinds
 
 

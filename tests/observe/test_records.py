@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from callgate.observe.records import RecordStore, database_url
+from callgate.observe.records import RecordStore, database_url, migrate
 from tests.observe.postgres import Postgres, pg_bin, postgres_server
 
 
@@ -48,7 +49,7 @@ async def exercise(url: str) -> None:
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))
                        ).scalar()
         assert {"calls", "alembic_version"} <= set(tables)
-        assert version == "0001"
+        assert version == "0002"
 
         for n in range(5):
             store.save(record(f"rtc_{n}", 1000.0 + n,
@@ -61,6 +62,9 @@ async def exercise(url: str) -> None:
                           transcript=[{"at": 1005.0, "role": "caller", "text": "héllo"},
                                       {"at": 1006.0, "role": "agent", "text": "hi"}],
                           turns=[{"response_id": "resp_1", "points": {"committed": 210}}],
+                          transfers=[{"at": 1009.0, "type": "realtime.call.transferred",
+                                      "target_uri": "tel:+14155550123", "sip_status": 200,
+                                      "reason": "OK"}],
                           recording_path="/somewhere/rtc_4.wav"))
         await store.flush()
         assert store.written >= 5 and not dropped
@@ -89,6 +93,7 @@ async def exercise(url: str) -> None:
                                   "jitter_ms": 1.5, "mos": 4.38}
         assert got["transcript"][0]["text"] == "héllo"
         assert got["turns"][0]["points"] == {"committed": 210}
+        assert got["transfers"][0]["sip_status"] == 200
         assert got["recording_file"] == "rtc_4.wav" and got["recording"] is True
         assert await store.get("rtc_missing") is None
     finally:
@@ -108,6 +113,29 @@ def test_records_on_sqlite(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_records_on_postgresql(postgres: Postgres) -> None:
     asyncio.run(exercise(database_url(postgres.url, Path("unused"))))
+
+
+def test_records_from_before_transfers_were_kept_upgrade(tmp_path: Path) -> None:
+    async def run() -> dict[str, Any] | None:
+        url = sqlite_url(tmp_path)
+        Path(tmp_path / "data").mkdir()
+        old = create_async_engine(url)
+        async with old.begin() as conn:
+            await conn.run_sync(lambda c: migrate(c, "0001"))
+            await conn.execute(text(
+                "INSERT INTO calls (id, sip_call_id, direction, from_uri, to_uri, state, "
+                "started_at, transcript, turns) VALUES ('rtc_old', 'x@peer', 'inbound', "
+                "'sip:a@b', 'sip:c@d', 'ended', '2026-12-01 00:00:00', '[]', '[]')"))
+        await old.dispose()
+        store = RecordStore(url)
+        await store.open()
+        try:
+            return await store.get("rtc_old")
+        finally:
+            await store.close()
+
+    got = asyncio.run(run())
+    assert got is not None and got["transfers"] == []
 
 
 def test_database_urls_get_async_drivers() -> None:

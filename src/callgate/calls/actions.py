@@ -96,6 +96,17 @@ class Dtmf:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferFailed:
+    """A transfer did not happen and the call goes on: tell its session, so that the agent
+    can say so. ``sip_status`` is None when nothing final came back in time."""
+
+    call_id: str
+    target_uri: str
+    sip_status: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class CheckMedia:
     """Report how many RTP packets arrived so far with ``media_activity`` (media timeout)."""
 
@@ -112,4 +123,4 @@ class Release:
 
 
 Action = (SendResponse | SendRequest | SendAck | SendKeepalive | OfferCall | Notify | ConfigureMedia
-          | StartSession | Dtmf | CheckMedia | Release)
+          | StartSession | Dtmf | TransferFailed | CheckMedia | Release)

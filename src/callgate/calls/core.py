@@ -80,6 +80,9 @@ class CallCore(Inbound, Outbound, Trunking, MidCall):
             self.session_timer_fired(call, now)
         elif name == "glare":
             self.refresh(call)
+        elif name == "refer":
+            self.transfer_failed(call, None, "no final NOTIFY within "
+                                 f"{self.settings.refer_timeout:g}s")
         elif name == "media":
             self._emit(act.CheckMedia(call.id))
         elif name == "max":
@@ -97,7 +100,11 @@ class CallCore(Inbound, Outbound, Trunking, MidCall):
                                     "call can be referred.")
         if call.refer_target == target_uri:
             return  # retried: the REFER is already on its way
-        call.refer_target = target_uri
+        if call.refer_target is not None:
+            raise CallStateConflict(f"Call {call_id} is already being transferred to "
+                                    f"{call.refer_target}; wait for its outcome.")
+        call.refer_target, call.refer_status = target_uri, None
+        self._arm(call, "refer", now + self.settings.refer_timeout)
         # RFC 3515 §2.1: Refer-To carries the target verbatim; Referred-By names us.
         self._send_in_dialog(call, "REFER", headers=[
             ("Refer-To", f"<{target_uri}>"), ("Referred-By", call.local_contact)])
@@ -259,7 +266,11 @@ class CallCore(Inbound, Outbound, Trunking, MidCall):
               method=request.method, timer=timeout.timer)
         if request.method in ("INVITE", "UPDATE"):
             call.offering = False
-        if request.method != "BYE":
+        if request.method == "REFER":
+            # The transfer failed; the caller may still be there, and the media timeout ends
+            # the call if not.
+            self.transfer_failed(call, 408, f"no answer to the REFER (timer {timeout.timer})")
+        elif request.method != "BYE":
             self.end(call, f"{request.method} timed out", now, send_bye=False)
 
 

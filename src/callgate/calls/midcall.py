@@ -8,9 +8,11 @@ by the same events and ``now``, acting only through the core's queue of actions.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from callgate.calls import actions as act
+from callgate.calls import progress
 from callgate.calls.base import CoreBase
 from callgate.calls.call import Call
 from callgate.calls.screening import ALLOW_HEADER, new_crypto_key
@@ -23,6 +25,7 @@ from callgate.media.offer_answer import (
     NegotiationError,
     answer_offer,
 )
+from callgate.observe.events import CallTransfer
 from callgate.sip import events as ev
 from callgate.sip.message import Request, Response, make_response
 from callgate.sip.sdp import SdpError, parse_sdp
@@ -107,20 +110,57 @@ class MidCall(CoreBase):
             event(logger, "call.dtmf", call_id=call.id, digit=digit.digit, via="info")
             self._emit(act.Dtmf(call.id, digit.digit))
 
+    # -- transfers (RFC 3515) -------------------------------------------------------------------
+
     def _notify(self, call: Call, rx: ev.RequestReceived, now: float) -> None:
         """REFER progress (RFC 3515 §2.4.5): the sipfrag status line says how it went."""
-        self._answer(rx, 200)
-        parts = rx.request.body.decode("utf-8", "replace").strip().split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("SIP/") or not parts[1].isdigit():
+        request = rx.request
+        package = (request.headers.get("Event") or "").partition(";")[0].strip().lower()
+        if package != "refer":
+            self._answer(rx, 489, reason="Bad Event", headers=[("Allow-Events", "refer")])
             return
-        status = int(parts[1])
+        if call.refer_target is None:
+            # The REFER's implicit subscription is over: it succeeded, failed or timed out
+            # (RFC 6665 §4.1.3).
+            self._answer(rx, 481, reason="Subscription Does Not Exist")
+            return
+        frag = _sipfrag_status(request.body)
+        if frag is None:
+            self._answer(rx, 400, reason="Bad sipfrag status line")
+            return
+        self._answer(rx, 200)
+        status, reason = frag
         call.refer_status = status
-        event(logger, "call.refer_progress", call_id=call.id, status=status,
-              target=call.refer_target)
-        if 200 <= status < 300:
-            self.end(call, f"transferred to {call.refer_target}", now, send_bye=True)
-        elif status >= 300:
-            call.refer_target = None  # the transfer failed; the call goes on
+        if status < 200:
+            self._transfer_step(call, progress.TRANSFER_PROGRESS, status, reason)
+        elif status < 300:
+            target = call.refer_target
+            self._transfer_step(call, progress.TRANSFERRED, status, reason)
+            self.end(call, f"transferred to {target}", now, send_bye=True)
+        else:
+            self.transfer_failed(call, status, reason)
+
+    def _transfer_step(self, call: Call, kind: str, status: int | None, reason: str) -> None:
+        """Log, record and report (webhook) one step of the call's transfer."""
+        target = call.refer_target or ""
+        event(logger, "call.transfer", logging.WARNING if kind == progress.TRANSFER_FAILED
+              else logging.INFO, call_id=call.id, step=kind.rpartition(".")[2],
+              target=target, status=status, reason=reason)
+        self._emit(act.Notify(call.id, progress.progress_event(
+            kind, call.id, self._now, target_uri=target, sip_status=status, reason=reason)))
+        if self.observer is not None:
+            self.observer.call_event(CallTransfer(call.id, kind, target, status, reason,
+                                                  time.time()))
+
+    def transfer_failed(self, call: Call, status: int | None, reason: str) -> None:
+        """The transfer is over without success; the call and its session go on."""
+        target = call.refer_target
+        if target is None:
+            return
+        self._transfer_step(call, progress.TRANSFER_FAILED, status, reason)
+        call.refer_target = None
+        call.deadlines.pop("refer", None)
+        self._emit(act.TransferFailed(call.id, target, status, reason))
 
     def on_dialog_response(self, call: Call, request: Request, response: Response,
                            now: float) -> None:
@@ -141,8 +181,9 @@ class MidCall(CoreBase):
             call.dialog.receive_response(request, response)
             self._send(call, call.dialog.create_ack(request.cseq.seq), *self._next_hop(call))
         elif method == "REFER" and status >= 300:
-            event(logger, "call.refer_refused", logging.WARNING, call_id=call.id, status=status)
-            call.refer_target = None
+            self.transfer_failed(call, status, f"REFER answered {status} {response.reason}")
+        elif method == "REFER" and call.refer_target is not None:
+            self._transfer_step(call, progress.TRANSFER_PROGRESS, status, response.reason)
 
     def session_timer_fired(self, call: Call, now: float) -> None:
         if call.timer is None or call.dialog is None or not call.state.is_up:
@@ -167,6 +208,17 @@ class MidCall(CoreBase):
         else:
             self._send_in_dialog(call, "INVITE", body=call.local_sdp.to_bytes(),
                                  content_type="application/sdp", headers=headers)
+
+
+def _sipfrag_status(body: bytes) -> tuple[int, str] | None:
+    """The status line of a ``message/sipfrag`` body (RFC 3420): ``SIP/2.0 486 Busy Here``."""
+    line = body[:200].partition(b"\n")[0].decode("utf-8", "replace").strip()
+    version, _, rest = line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.upper().startswith("SIP/") or len(code) != 3 or not code.isdigit() \
+            or not 100 <= int(code) <= 699:
+        return None
+    return int(code), "".join(c for c in reason if c.isprintable())[:100]
 
 
 def _keep_crypto(call: Call, suite: str) -> CryptoSuite:

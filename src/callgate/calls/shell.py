@@ -181,6 +181,10 @@ class CallShell:
             session = self.live.get(action.call_id)
             if session is not None:
                 session.dtmf(action.digit)
+        elif isinstance(action, act.TransferFailed):
+            session = self.live.get(action.call_id)
+            if session is not None:
+                session.transfer_failed(action.target_uri, action.sip_status, action.reason)
         elif isinstance(action, act.CheckMedia):
             media = self.media.get(action.call_id)
             if media is not None:

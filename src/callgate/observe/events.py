@@ -99,6 +99,18 @@ class CallRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class CallTransfer:
+    """A step of a transfer (``/refer``): ``kind`` is the progress webhook's type."""
+
+    call_id: str
+    kind: str
+    target_uri: str
+    sip_status: int | None
+    reason: str
+    at: float  # wall clock, seconds
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookAttempt:
     """One delivery of a webhook ended: delivered (``ok``), or given up for ``reason``."""
 
@@ -115,7 +127,7 @@ class WorkerRestarted:
 
 
 CallEvent = (CallStarted | CallStateChanged | CallAnswered | CallSetupFailed | CallRefused
-             | WebhookAttempt | WorkerRestarted)
+             | CallTransfer | WebhookAttempt | WorkerRestarted)
 
 
 class CallObserver(Protocol):

@@ -29,6 +29,7 @@ from callgate.observe.events import (
     CallSetupFailed,
     CallStarted,
     CallStateChanged,
+    CallTransfer,
     MediaView,
     WebhookAttempt,
     WorkerRestarted,
@@ -68,6 +69,7 @@ class LiveCall:
     quality: dict[str, Any] = field(default_factory=dict)
     transcript: list[dict[str, Any]] = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)
+    transfers: list[dict[str, Any]] = field(default_factory=list)
     recording: str | None = None
     media: MediaView | None = field(default=None, repr=False)
     tee: AudioTee | None = field(default=None, repr=False)
@@ -89,7 +91,8 @@ class LiveCall:
 
     def record(self) -> dict[str, Any]:
         return {**self.summary(), "transcript": list(self.transcript),
-                "turns": list(self.turns), "recording_path": self.recording}
+                "turns": list(self.turns), "transfers": list(self.transfers),
+                "recording_path": self.recording}
 
 
 class AudioTee:
@@ -176,6 +179,8 @@ class CallWatch:
             self.metrics.setup.labels(str(ev.status)).inc()
         elif isinstance(ev, CallRefused):
             self.metrics.refused.labels(ev.reason, str(ev.status)).inc()
+        elif isinstance(ev, CallTransfer):
+            self._transfer(ev)
         elif isinstance(ev, WebhookAttempt):
             self.metrics.webhook.labels("delivered" if ev.ok else "failed").observe(ev.seconds)
             if not ev.ok:
@@ -293,6 +298,19 @@ class CallWatch:
                 **{k: v for k, v in extra.items() if v is not None}}
         call.transcript.append(line)
         self._publish("transcript", {"call_id": call.id, **line})
+
+    def _transfer(self, ev: CallTransfer) -> None:
+        call = self.calls.get(ev.call_id)
+        if call is None:
+            return
+        step = {"at": ev.at, "type": ev.kind, "target_uri": ev.target_uri,
+                "sip_status": ev.sip_status, "reason": ev.reason}
+        call.transfers.append(step)
+        outcome = ev.kind.rpartition(".")[2]
+        if outcome != "transfer_progress":
+            self.metrics.transfers.labels(outcome).inc()
+        self._publish("transfer", {"call_id": call.id, **step})
+        self._save(call)
 
     def _response_done(self, call: LiveCall, session: Any, response: dict[str, Any]) -> None:
         details = response.get("status_details") or {}

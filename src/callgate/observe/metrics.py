@@ -66,6 +66,9 @@ class GatewayMetrics:
                                  "Responses cut off because the caller spoke.", registry=r)
         self.tool_calls = Counter("callgate_tool_calls_total", "Function calls made by the "
                                   "model.", registry=r)
+        self.transfers = Counter("callgate_transfers_total", "Transfers (/refer) that ended, "
+                                 "by outcome (transferred, transfer_failed).", ["outcome"],
+                                 registry=r)
         self.worker_restarts = Counter("callgate_engine_worker_restarts_total",
                                        "Engine worker processes restarted, by stage.",
                                        ["worker"], registry=r)

@@ -45,12 +45,12 @@ def database_url(url: str | None, data_dir: Path) -> str:
     return url
 
 
-def migrate(connection: Connection) -> None:
-    """Bring the schema to the newest revision (from an empty database too)."""
+def migrate(connection: Connection, revision: str = "head") -> None:
+    """Bring the schema to ``revision``, the newest by default (from an empty database too)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -203,6 +203,7 @@ def to_row(record: dict[str, Any]) -> dict[str, Any]:
         "jitter_ms": quality.get("jitter_ms"), "mos": quality.get("mos"),
         "recording": Path(recording).name if recording else None,
         "transcript": record.get("transcript") or [], "turns": record.get("turns") or [],
+        "transfers": record.get("transfers") or [],
     }
 
 
@@ -221,6 +222,7 @@ def from_row(row: dict[str, Any]) -> dict[str, Any]:
         "recording": row["recording"] is not None,
         "recording_file": row["recording"],
         "transcript": row["transcript"], "turns": row["turns"],
+        "transfers": row["transfers"],
     }
 
 

@@ -30,6 +30,7 @@ calls = Table(
     Column("recording", Text),   # the recording's file name in the recordings folder
     Column("transcript", JSON, nullable=False),
     Column("turns", JSON, nullable=False),
+    Column("transfers", JSON, nullable=False, server_default="[]"),  # steps of each /refer
     Index("ix_calls_started_at", "started_at", "id"),
     Index("ix_calls_direction", "direction"),
     Index("ix_calls_state", "state"),
