@@ -255,9 +255,11 @@ def _netstrings(data: bytes) -> Iterator[dict[str, Any]]:
 
 @contextlib.contextmanager
 def baresip_call(gateway: Gateway, folder: Path, source: Path, *,
-                 user: str = PROJECT_ID, answer_timeout: float = 30.0) -> Iterator[Caller]:
+                 user: str = PROJECT_ID, answer_timeout: float = 30.0,
+                 sip_port: int | None = None) -> Iterator[Caller]:
     """Dial ``sip:user@gateway`` from a fresh baresip saying ``source``; yields once the call
-    is established. The call ends when the source file ends, on ``hangup``, or on leaving."""
+    is established. The call ends when the source file ends, on ``hangup``, or on leaving.
+    ``sip_port``: dial that loopback port instead (something in front of the gateway)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "dumps").mkdir(exist_ok=True)
     ctrl_port = free_port(socket.SOCK_STREAM, both=False)
@@ -266,7 +268,7 @@ def baresip_call(gateway: Gateway, folder: Path, source: Path, *,
         module_path=_module_path(), ctrl_port=ctrl_port, source=source, dumps=folder / "dumps",
         rtp_low=rtp_low, rtp_high=rtp_low + 40))
     (folder / "accounts").write_text("<sip:caller@127.0.0.1>;regint=0\n")
-    target = f"sip:{user}@127.0.0.1:{gateway.sip_port}"
+    target = f"sip:{user}@127.0.0.1:{sip_port or gateway.sip_port}"
     with (folder / "baresip.log").open("wb") as log:
         process = subprocess.Popen(["baresip", "-v", "-f", str(folder), "-e", f"/dial {target}"],
                                    stdin=subprocess.DEVNULL, stdout=log,

@@ -232,7 +232,8 @@ class CallWatch:
                 self.metrics.recording_errors.inc()
                 logger.warning("recording not started", extra={"call_id": call.id,
                                                                  "error": str(exc)})
-        call.tee = AudioTee(ev.media, recorder)
+        if recorder is not None or self.viewers:
+            call.tee = AudioTee(ev.media, recorder)
         call.task = asyncio.get_running_loop().create_task(self._follow(call, ev.session))
         self._save(call)
         self._publish("call", call.summary())
@@ -377,6 +378,11 @@ class CallWatch:
         """A console viewer's queue of updates; :meth:`unwatch` it when the viewer leaves."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(VIEWER_QUEUE)
         self.viewers.add(queue)
+        # The level meters need the audio: tap it from the first viewer on, so that a call
+        # nobody watches or records costs nothing per frame.
+        for call in self.calls.values():
+            if call.media is not None and call.tee is None:
+                call.tee = AudioTee(call.media, None)
         return queue
 
     def unwatch(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
