@@ -78,6 +78,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.capacity
 	$(BIN)/python -m bench.voice_latency
 	$(BIN)/python -m bench.cluster
+	$(BIN)/python -m bench.observe_cost
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

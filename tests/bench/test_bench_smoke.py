@@ -89,3 +89,11 @@ def test_cluster_quick(tmp_path: Path) -> None:
         for kind in kinds:
             assert forwarding[part][kind]["n"] == forwarding["samples"]
             assert forwarding[part][kind]["p50"] > 0
+
+
+def test_observe_cost_quick(tmp_path: Path) -> None:
+    results = _run("observe_cost", tmp_path, timeout=60)
+    assert results["records_written"] > 0
+    for key in ("sampling_us_per_call_second", "observer_events_us_per_call",
+                "records_us_per_call"):
+        assert results[key] > 0, results

@@ -336,13 +336,17 @@ class CallWatch:
     async def _sample_loop(self) -> None:
         while self.calls:
             await asyncio.sleep(SAMPLE_INTERVAL)
-            for call in list(self.calls.values()):
-                if call.media is not None:
-                    self._sample(call)
-                    update: dict[str, Any] = {"call_id": call.id, "quality": call.quality}
-                    if call.tee is not None and self.viewers:
-                        update["levels"] = call.tee.levels()
-                    self._publish("media", update)
+            self.sample_all()
+
+    def sample_all(self) -> None:
+        """Each live call's media statistics into metrics, its record and the viewers."""
+        for call in list(self.calls.values()):
+            if call.media is not None:
+                self._sample(call)
+                update: dict[str, Any] = {"call_id": call.id, "quality": call.quality}
+                if call.tee is not None and self.viewers:
+                    update["levels"] = call.tee.levels()
+                self._publish("media", update)
 
     def _sample(self, call: LiveCall) -> None:
         assert call.media is not None
