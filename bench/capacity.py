@@ -87,7 +87,7 @@ def _judge(window: dict[str, Any]) -> tuple[bool, str]:
     return True, "ok"
 
 
-async def measure(gateway: common.Callgate, levels: list[int], *, window_s: float,
+async def measure(gateway: common.Measured, levels: list[int], *, window_s: float,
                   settle_s: float, cps: float, profile_dir: Path | None = None,
                   profile_cpu: int | None = None, digital_silence: bool = False,
                   inference: int = 0) -> dict[str, Any]:
@@ -109,25 +109,25 @@ async def measure(gateway: common.Callgate, levels: list[int], *, window_s: floa
             while talkers.turns + talkers.failed < talkers.talkers:  # the models are loaded
                 await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)
-        rss_idle = common.rss_bytes(gateway.pid)
-        cpu_idle_0, t0 = common.cpu_seconds(gateway.pid), time.monotonic()
+        rss_idle = gateway.rss_bytes()
+        cpu_idle_0, t0 = gateway.cpu_seconds(), time.monotonic()
         await asyncio.sleep(min(2.0, window_s))
-        idle_cpu = 100 * (common.cpu_seconds(gateway.pid) - cpu_idle_0) / (time.monotonic() - t0)
+        idle_cpu = 100 * (gateway.cpu_seconds() - cpu_idle_0) / (time.monotonic() - t0)
         for n in levels:
             failures, setup_s = await _add_calls(caller, load, dialogs, n, cps)
             await asyncio.sleep(settle_s)
             with common.profiled(gateway.pid, (profile_dir or Path()) / f"capacity-{n}.txt",
                                  enabled=profile_dir is not None, cpu=profile_cpu) as profile:
-                cpu_0, own_0, t0 = common.cpu_seconds(gateway.pid), os.times(), time.monotonic()
-                wait_0 = common.runqueue_wait_seconds(gateway.pid)
+                cpu_0, own_0, t0 = gateway.cpu_seconds(), os.times(), time.monotonic()
+                wait_0 = gateway.runqueue_wait_seconds()
                 load.begin_window()
                 await asyncio.sleep(window_s)
                 window = load.end_window()
             elapsed = time.monotonic() - t0
             own_1 = os.times()
-            cpu = 100 * (common.cpu_seconds(gateway.pid) - cpu_0) / elapsed
-            waited = 100 * (common.runqueue_wait_seconds(gateway.pid) - wait_0) / elapsed
-            rss = common.rss_bytes(gateway.pid)
+            cpu = 100 * (gateway.cpu_seconds() - cpu_0) / elapsed
+            waited = 100 * (gateway.runqueue_wait_seconds() - wait_0) / elapsed
+            rss = gateway.rss_bytes()
             row = {
                 "calls": len(dialogs), "setup_failures": failures,
                 "setup_seconds": round(setup_s, 1),
@@ -158,7 +158,7 @@ async def measure(gateway: common.Callgate, levels: list[int], *, window_s: floa
             # Past the pacing limit, go on to where packets are lost (or calls fail): both
             # points are reported.
             if window["lost_seq_gaps"] or (window["delivery_ratio"] or 0) < MIN_DELIVERY \
-                    or failures or row["gateway_cpu_percent"] > 97:
+                    or failures or row["gateway_cpu_percent"] > 97 * gateway.cores:
                 first_loss = n
                 break
     finally:

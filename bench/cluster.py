@@ -1,8 +1,11 @@
-"""Several nodes behind Kamailio: call-setup rate with 1 and 2 nodes, and what forwarding costs.
+"""Several nodes behind Kamailio: call-setup rate and concurrent calls with 1 and 2 nodes, and
+what forwarding costs.
 
 * **Setup rate**: the ramp of ``bench.setup_rate`` (auto-accepted echo calls, SIPp INVITE ->
   200 -> ACK -> BYE) sent to Kamailio in front of ``callgate cluster``'s nodes, with 1 node and
   with 2; the result is the ratio 2-node / 1-node of the highest passing rate.
+* **Capacity**: the ramp of ``bench.capacity`` (concurrent echo calls with PCMU both ways,
+  judged on pacing, loss and delivery) through Kamailio to 1 node and to 2; again the ratio.
 * **Forwarding**: with 2 nodes, a REST verb (``hangup`` of an ended call, answered from the
   owner's memory) straight to the owner and through the other node; and a Realtime event
   round trip (``session.update`` -> ``session.updated``) on a live call's socket, straight and
@@ -25,12 +28,13 @@ import httpx
 import openai
 import redis
 
-from bench import common
+from bench import capacity, common
 from bench.setup_rate import CALLGATE_RATES, QUICK_CALLGATE_RATES, SCENARIO, Target, ramp
 from callgate import config
 from callgate.cluster.launch import Cluster
 
 NAME = "cluster"
+CAPACITY_LEVELS = [50, 100, 150, 200, 250, 300, 400]
 WAIT_BYE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="one call held until the gateway hangs up">
   <send retrans="500"><![CDATA[
@@ -120,6 +124,50 @@ def setup_rates(workdir: Path, quick: bool, duration: float, base: int) -> dict[
             bisect_rounds=0 if quick else 2, workdir=workdir, cpu=None, sniff=False)
     one, two = results["nodes_1"]["max_rate_cps"], results["nodes_2"]["max_rate_cps"]
     results["ratio_2_to_1"] = round(two / one, 2) if one and two else None
+    return results
+
+
+class _Nodes:
+    """A cluster as the capacity benchmark measures it: calls go to Kamailio; CPU, run-queue
+    wait and memory are the nodes' (each with its children), summed."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.nodes = [n.process.pid for n in cluster.nodes]
+        assert cluster.kamailio is not None
+        self.sip_port = cluster.settings.sip_port
+        self.http_port = cluster.nodes[0].http_port
+        self.cores = len(self.nodes)
+
+    @property
+    def pid(self) -> int:
+        return self.nodes[0]
+
+    def cpu_seconds(self) -> float:
+        return sum(common.group_cpu_seconds(p) for p in self.nodes)
+
+    def runqueue_wait_seconds(self) -> float:
+        return sum(common.group_runqueue_wait_seconds(p) for p in self.nodes)
+
+    def rss_bytes(self) -> int:
+        return sum(common.rss_bytes(p) for p in self.nodes)
+
+
+def capacities(workdir: Path, quick: bool, window_s: float, base: int) -> dict[str, Any]:
+    """``bench.capacity``'s ramp (echo calls with media both ways) through Kamailio to 1 node,
+    then to 2. Nothing is pinned: the nodes, Kamailio and the load generator share both
+    cores, so the 2-node figure is what this machine gives, not what two free cores would."""
+    results: dict[str, Any] = {}
+    levels = capacity.QUICK_LEVELS if quick else CAPACITY_LEVELS
+    for count in (1, 2):
+        print(f"capacity, {count} node(s):", flush=True)
+        with cluster_target(workdir, count, base) as (_, cluster):
+            results[f"nodes_{count}"] = asyncio.run(capacity.measure(
+                _Nodes(cluster), levels, window_s=window_s, settle_s=0.5 if quick else 3.0,
+                cps=50.0))
+    one, two = (results[f"nodes_{n}"]["max_calls_passing"] for n in (1, 2))
+    results["ratio_2_to_1"] = round(two / one, 2) if one and two else None
+    results["pass_rule"] = (f"interval error p99 <= {capacity.TARGET_P99_MS:g} ms, no sequence "
+                            f"gaps, >= {capacity.MIN_DELIVERY:.1%} of due packets delivered")
     return results
 
 
@@ -225,10 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {
             "setup_rate": setup_rates(workdir, args.quick,
                                       args.duration or (1.0 if args.quick else 10.0), base),
+            "capacity": capacities(workdir, args.quick, 1.0 if args.quick else 10.0, base),
             "forwarding": forwarding(workdir, 20 if args.quick else 500, base)}
     common.write_results(common.results_path(NAME, args.quick, args.out), NAME,
                          quick=args.quick, started=started, machine=machine, results=results)
     print(json.dumps({"ratio_2_to_1": results["setup_rate"]["ratio_2_to_1"],
+                      "capacity_ratio_2_to_1": results["capacity"]["ratio_2_to_1"],
                       "forwarding_added_ms": results["forwarding"]["added_ms"]}, indent=2))
     return 0
 

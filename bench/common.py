@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -310,12 +310,42 @@ class Callgate:
     def pid(self) -> int:
         return self.process.pid
 
+    cores = 1  # what one gateway process can use: its CPU percent saturates at 100
+
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def runqueue_wait_seconds(self) -> float:
+        return runqueue_wait_seconds(self.pid)
+
+    def rss_bytes(self) -> int:
+        return rss_bytes(self.pid)
+
+
+class Measured(Protocol):
+    """What the load benchmarks measure: one gateway process, or several nodes behind a
+    proxy (``sip_port`` is where calls go; CPU and memory are summed over ``cores`` worth of
+    processes)."""
+
+    sip_port: int
+    http_port: int
+    cores: int
+
+    @property
+    def pid(self) -> int: ...  # the process a profiler samples
+
+    def cpu_seconds(self) -> float: ...
+
+    def runqueue_wait_seconds(self) -> float: ...
+
+    def rss_bytes(self) -> int: ...
 
 
 @contextlib.contextmanager

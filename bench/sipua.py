@@ -36,6 +36,7 @@ class Dialog:
     invite_sent: float
     answered: float
     to_header: str
+    route: str = ""  # Route header lines from the 2xx's Record-Route (a proxy on the path)
     cseq: int = 1
     ended_by_gateway: bool = False
 
@@ -153,10 +154,15 @@ class SipCaller(asyncio.DatagramProtocol):
         audio = next(m for m in offer.media if m.media == "audio")
         rtp_host = offer.connection_for(audio) or host
         to = response.headers.get("To") or f"<{uri}>"
+        # RFC 3261 §12.1.2: the route set is the Record-Route in reverse; in-dialog requests
+        # still go to the first hop, the proxy the INVITE went through.
+        route = "".join(f"Route: {r}\r\n"
+                        for r in reversed(response.headers.get_all("Record-Route")))
         dialog = Dialog(call_id, from_tag, response.to.tag or "", target, (rtp_host, audio.port),
-                        sent, answered, to)
+                        sent, answered, to, route)
         self.dialogs[call_id] = dialog
-        ack = self._headers("ACK", target, call_id, from_tag, 1, to) + "Content-Length: 0\r\n\r\n"
+        ack = (self._headers("ACK", target, call_id, from_tag, 1, to) + route
+               + "Content-Length: 0\r\n\r\n")
         assert self.transport is not None
         self.transport.sendto(ack.encode(), self.target)
         return dialog
@@ -165,7 +171,8 @@ class SipCaller(asyncio.DatagramProtocol):
         if self.dialogs.pop(dialog.call_id, None) is None:
             return  # the gateway hung up already
         dialog.cseq += 1
-        bye = self._headers("BYE", dialog.remote_target, dialog.call_id, dialog.from_tag,
-                            dialog.cseq, dialog.to_header) + "Content-Length: 0\r\n\r\n"
+        bye = (self._headers("BYE", dialog.remote_target, dialog.call_id, dialog.from_tag,
+                             dialog.cseq, dialog.to_header) + dialog.route
+               + "Content-Length: 0\r\n\r\n")
         with contextlib.suppress(CallFailed):
             await self._transact(dialog.call_id, "BYE", bye.encode(), timeout=8.0)

@@ -83,6 +83,10 @@ def test_cluster_quick(tmp_path: Path) -> None:
     for count in (1, 2):
         steps = results["setup_rate"][f"nodes_{count}"]["steps"]
         assert steps and all(s["successful"] == s["calls"] > 0 for s in steps), steps
+        # Calls through Kamailio carried media both ways (the ACK followed its route set).
+        first = results["capacity"][f"nodes_{count}"]["levels"][0]
+        assert first["setup_failures"] == 0, first
+        assert first["packets_received"] > 0.9 * first["packets_expected_by_time"], first
     forwarding = results["forwarding"]
     for part, kinds in (("rest_hangup_ms", ("direct", "forwarded")),
                         ("ws_event_round_trip_ms", ("direct", "relayed"))):

@@ -4,6 +4,8 @@ with a stand-in session and media stream (the real ones are exercised end to end
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -212,3 +214,25 @@ def test_a_failing_observer_never_reaches_the_caller() -> None:
 
     Observers(Broken(), Good()).call_event(CallRefused(503, "max_calls"))  # type: ignore[arg-type]
     assert seen == [CallRefused(503, "max_calls")]
+
+
+def test_an_ended_call_kept_among_the_recent_holds_no_session_or_media() -> None:
+    # The console keeps the last calls' records; a session or stream held through them (the
+    # follower task's traceback, the audio tap) would keep each call's resamplers and buffers.
+    async def run() -> tuple[weakref.ref[FakeSession], weakref.ref[FakeMedia], CallWatch]:
+        watch = CallWatch(metrics=GatewayMetrics())
+        viewer = watch.watch()  # with a viewer the call's audio is tapped too
+        session, media = FakeSession(), FakeMedia()
+        watch.call_event(CallStarted("rtc_9", "x@y", "inbound", "a", "b", 1.0, "ringing"))
+        watch.call_event(CallAnswered("rtc_9", "echo", "PCMU", 1.0, media, session))
+        await asyncio.sleep(0)  # the follower subscribes
+        watch.call_event(CallStateChanged("rtc_9", "active", "ended", "bye", 2.0, True))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the follower sees its cancellation
+        watch.unwatch(viewer)
+        return weakref.ref(session), weakref.ref(media), watch
+
+    session, media, watch = asyncio.run(run())
+    gc.collect()
+    assert watch.find("rtc_9") is not None
+    assert session() is None and media() is None

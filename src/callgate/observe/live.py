@@ -241,7 +241,11 @@ class CallWatch:
     def _ended(self, call: LiveCall, ev: CallStateChanged) -> None:
         call.ended_at, call.end_reason = ev.at, ev.reason
         if call.task is not None:
+            # Forget the task too: its CancelledError's traceback would hold the follower's
+            # frame, and with it the session and its media, for as long as the call is kept
+            # among the recent ones.
             call.task.cancel()
+            call.task = None
         if call.media is not None:
             self._sample(call)
             quality = call.quality
