@@ -68,15 +68,23 @@ def test_trim_lead_keeps_a_little_before_the_onset_and_all_of_silence() -> None:
     assert np.array_equal(trim_lead(quiet, rate), quiet)
 
 
+def _spoken_seconds(pcm: bytes, rate: int = 24000) -> float:
+    """First to last sample above 1 % of full scale: the speech without the silence around it,
+    which Piper does not scale with the speed."""
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, dtype="<i2")) > 328)
+    return float(loud[-1] - loud[0]) / rate if len(loud) else 0.0
+
+
 def test_speed_maps_to_length_scale() -> None:
     async def main() -> tuple[float, float]:
-        normal = seconds(b"".join(await _say(SENTENCE)))
-        fast = seconds(b"".join(await _say(SENTENCE, speed=1.5)))
+        normal = _spoken_seconds(b"".join(await _say(SENTENCE)))
+        fast = _spoken_seconds(b"".join(await _say(SENTENCE, speed=1.5)))
         return normal, fast
 
     normal, fast = asyncio.run(main())
-    # Piper's duration noise and the fixed silence at the edges blur the exact 1/1.5 ratio.
-    assert 0.55 * normal < fast < 0.8 * normal
+    # Not the exact 1/1.5: Piper's pauses do not all scale, and its duration noise varies each
+    # run (measured 0.69-0.76 over twelve pairs, once 0.80 in a whole-suite run).
+    assert 0.55 * normal < fast < 0.85 * normal, (normal, fast)
 
 
 def test_synthesis_streams_per_sentence_and_stops_when_closed() -> None:
