@@ -98,12 +98,14 @@ class Dtmf:
 @dataclass(frozen=True, slots=True)
 class TransferFailed:
     """A transfer did not happen and the call goes on: tell its session, so that the agent
-    can say so. ``sip_status`` is None when nothing final came back in time."""
+    can say so. ``sip_status`` is None when nothing final came back in time; ``detail`` is
+    what happened, in words for the session's ``error``."""
 
     call_id: str
     target_uri: str
     sip_status: int | None
     reason: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)

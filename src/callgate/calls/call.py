@@ -58,7 +58,6 @@ class Call:
     config: dict[str, Any] | None = None        # the accepted (or dialled) session config
     offering: bool = False                      # our offer is out, its answer not yet in
     refer_target: str | None = None
-    refer_status: int | None = None
     end_reason: str | None = None
     media_seen: int = -1                        # RTP packets counted at the last check
     deadlines: dict[str, float] = field(default_factory=dict)

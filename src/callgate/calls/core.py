@@ -103,7 +103,7 @@ class CallCore(Inbound, Outbound, Trunking, MidCall):
         if call.refer_target is not None:
             raise CallStateConflict(f"Call {call_id} is already being transferred to "
                                     f"{call.refer_target}; wait for its outcome.")
-        call.refer_target, call.refer_status = target_uri, None
+        call.refer_target = target_uri
         self._arm(call, "refer", now + self.settings.refer_timeout)
         # RFC 3515 §2.1: Refer-To carries the target verbatim; Referred-By names us.
         self._send_in_dialog(call, "REFER", headers=[

@@ -130,7 +130,6 @@ class MidCall(CoreBase):
             return
         self._answer(rx, 200)
         status, reason = frag
-        call.refer_status = status
         if status < 200:
             self._transfer_step(call, progress.TRANSFER_PROGRESS, status, reason)
         elif status < 300:
@@ -152,15 +151,19 @@ class MidCall(CoreBase):
             self.observer.call_event(CallTransfer(call.id, kind, target, status, reason,
                                                   time.time()))
 
-    def transfer_failed(self, call: Call, status: int | None, reason: str) -> None:
-        """The transfer is over without success; the call and its session go on."""
+    def transfer_failed(self, call: Call, status: int | None, reason: str,
+                        detail: str | None = None) -> None:
+        """The transfer is over without success; the call and its session go on. ``detail``
+        tells the session what happened (by default the status and the reason)."""
         target = call.refer_target
         if target is None:
             return
         self._transfer_step(call, progress.TRANSFER_FAILED, status, reason)
         call.refer_target = None
         call.deadlines.pop("refer", None)
-        self._emit(act.TransferFailed(call.id, target, status, reason))
+        if detail is None:
+            detail = f"{status} {reason}" if status is not None else reason
+        self._emit(act.TransferFailed(call.id, target, status, reason, detail))
 
     def on_dialog_response(self, call: Call, request: Request, response: Response,
                            now: float) -> None:
@@ -181,7 +184,8 @@ class MidCall(CoreBase):
             call.dialog.receive_response(request, response)
             self._send(call, call.dialog.create_ack(request.cseq.seq), *self._next_hop(call))
         elif method == "REFER" and status >= 300:
-            self.transfer_failed(call, status, f"REFER answered {status} {response.reason}")
+            refused = f"REFER answered {status} {response.reason}"
+            self.transfer_failed(call, status, refused, detail=refused)
         elif method == "REFER" and call.refer_target is not None:
             self._transfer_step(call, progress.TRANSFER_PROGRESS, status, response.reason)
 

@@ -184,7 +184,7 @@ class CallShell:
         elif isinstance(action, act.TransferFailed):
             session = self.live.get(action.call_id)
             if session is not None:
-                session.transfer_failed(action.target_uri, action.sip_status, action.reason)
+                session.transfer_failed(action.target_uri, action.detail)
         elif isinstance(action, act.CheckMedia):
             media = self.media.get(action.call_id)
             if media is not None:

@@ -215,14 +215,12 @@ class RealtimeSession:
         self.emit({"type": "input_audio_buffer.dtmf_event_received", "event": digit,
                    "received_at": int(time.time())})
 
-    def transfer_failed(self, target_uri: str, sip_status: int | None, reason: str) -> None:
+    def transfer_failed(self, target_uri: str, detail: str) -> None:
         """A transfer (``/refer``) did not happen and the call goes on: an ``error`` with code
         ``transfer_failed`` lets the application have the agent tell the caller."""
         if self.closed:
             return
-        why = f"{sip_status} {reason}" if sip_status and not reason.startswith("REFER") \
-            else reason
-        self.emit(ProtocolError(f"The transfer to {target_uri} failed ({why}); the call is "
+        self.emit(ProtocolError(f"The transfer to {target_uri} failed ({detail}); the call is "
                                 "still connected.", code="transfer_failed",
                                 error_type="server_error").to_event())
 
