@@ -97,14 +97,14 @@ def cluster_target(workdir: Path, count: int, base: int) -> Iterator[tuple[Targe
     cluster.start()
     try:
         time.sleep(2)  # Kamailio's first probes mark the nodes up
-        pids = [n.process.pid for n in cluster.nodes]
+        nodes = _Nodes(cluster)
         assert cluster.kamailio is not None
         kamailio = cluster.kamailio.pid
         yield Target(
             f"cluster-{count}", base,
-            cpu=lambda: sum(common.group_cpu_seconds(p) for p in [*pids, kamailio]),
+            cpu=lambda: nodes.cpu_seconds() + common.group_cpu_seconds(kamailio),
             alive=lambda: all(n.process.poll() is None for n in cluster.nodes),
-            waited=lambda: sum(common.group_runqueue_wait_seconds(p) for p in pids)), cluster
+            waited=nodes.runqueue_wait_seconds), cluster
     finally:
         cluster.stop(drain=False, timeout=15)
 
@@ -133,7 +133,6 @@ class _Nodes:
 
     def __init__(self, cluster: Cluster) -> None:
         self.nodes = [n.process.pid for n in cluster.nodes]
-        assert cluster.kamailio is not None
         self.sip_port = cluster.settings.sip_port
         self.http_port = cluster.nodes[0].http_port
         self.cores = len(self.nodes)
