@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from callgate.media.formats import AudioFormat
 from callgate.observe.events import CallAnswered, CallStarted, CallStateChanged
 from callgate.observe.live import CallWatch
 from callgate.observe.metrics import GatewayMetrics
@@ -39,6 +40,10 @@ NAME = "observe_cost"
 STATES = ("ringing", "answering", "accepted", "active", "ended")
 
 
+# What the echo engine takes on a PCMU call.
+PCMU = AudioFormat("pcmu", 8000)
+
+
 class _Media:
     """The media statistics a live call exposes, advancing as 50 packets a second would."""
 
@@ -46,6 +51,7 @@ class _Media:
         self.stats: dict[str, Any] = {"codec": "PCMU", "packets_in": 0, "packets_out": 0,
                                       "lost": 0, "late": 0, "jitter_ms": 1.0, "rtt_ms": None}
         self.on_audio: Callable[[bytes], None] | None = None
+        self.audio_format = PCMU
 
     def send_audio(self, pcm: bytes, *, flush: bool = False) -> None:
         pass
@@ -77,7 +83,7 @@ def _life(watch: CallWatch, call_id: str) -> None:
     watch.call_event(CallStarted(call_id, f"{call_id}@peer", "inbound", "sip:a@b", "sip:c@d",
                                  1.0, "ringing"))
     watch.call_event(CallStateChanged(call_id, "ringing", "answering", "accept", 1.0, False))
-    watch.call_event(CallAnswered(call_id, "echo", "PCMU", 1.0, _Media(), _Session()))
+    watch.call_event(CallAnswered(call_id, "echo", "PCMU", 1.0, _Media(), _Session(), PCMU))
     watch.call_event(CallStateChanged(call_id, "answering", "active", "ACK", 1.0, False))
     watch.call_event(CallStateChanged(call_id, "active", "ended", "hangup", 2.0, True))
 
@@ -88,7 +94,8 @@ async def measure(calls: int, seconds: int, lives: int, records: int) -> dict[st
     for i in range(calls):
         watch.call_event(CallStarted(f"rtc_{i}", "x", "inbound", "a", "b", 1.0, "ringing"))
         media.append(_Media())
-        watch.call_event(CallAnswered(f"rtc_{i}", "echo", "PCMU", 1.0, media[-1], _Session()))
+        watch.call_event(CallAnswered(f"rtc_{i}", "echo", "PCMU", 1.0, media[-1], _Session(),
+                                       PCMU))
     started = _cpu()
     for _ in range(seconds):
         for one in media:

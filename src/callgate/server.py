@@ -189,7 +189,8 @@ class Gateway:
         if self.forwarder is not None:
             app.middleware("http")(self.forwarder.middleware)
         config = uvicorn.Config(
-            app, host=s.http_host, port=s.http_port, ws="websockets-sansio", lifespan="off",
+            app, host=s.http_host, port=s.http_port, http="httptools", ws="websockets-sansio",
+            lifespan="off",
             log_config=None, access_log=False,
             # Our own Server header instead of uvicorn's banner (which names the framework).
             server_header=False, headers=[("server", s.user_agent)],

@@ -10,8 +10,9 @@ in mid-call: callgate's jitter buffer is adaptive and lengthens its delay when a
 come late (measured: 40 ms steps on this 2-core box under parallel test load), and the paced
 sender can slip one 20 ms frame early in a call. One lag for the whole call would score
 everything after such a step as noise; that figure is printed too. Each codec's path is
-encode → callgate decode → resample to the engine rate → echo → resample → encode → baresip
-decode: two lossy codings.
+encode → callgate decode → echo → encode → baresip decode: two lossy codings; except G.711,
+which the echo engine takes as it comes (``line_audio``): one lossy coding in all, and the
+payloads come back byte for byte (checked on the wire by ``test_echo_passthrough.py``).
 
 G.711 and G.722 are waveform coders: the echo must correlate >= 0.9. Opus is a perceptual
 coder: it keeps what is heard, not necessarily each sample (its SILK and hybrid modes do not

@@ -13,7 +13,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from callgate.media.codecs import G711Codec
+from callgate.media.codecs import AudioFormat, G711Codec
 from callgate.media.latch import behind_nat
 from callgate.media.offer_answer import CodecSpec, CryptoSuite, NegotiatedMedia
 from callgate.media.pacer import SendTick
@@ -25,6 +25,7 @@ from callgate.media.srtp import SrtpContext, new_crypto
 from callgate.media.stream import MediaStream
 from tests.media.test_pacer import run
 
+PCM8K = AudioFormat.pcm(8000)
 PCMU = CodecSpec("PCMU", 0, 8000, 1)
 PCMA = CodecSpec("PCMA", 8, 8000, 1)
 
@@ -87,8 +88,8 @@ async def pair(pool: PortPool, tick: SendTick, *, host: str = "127.0.0.1",
                pcm_rate: int = 8000, **kw: Any) -> tuple[MediaStream, MediaStream]:
     a = await MediaStream.open(bind_host=host, port_pool=pool, tick=tick)
     b = await MediaStream.open(bind_host=host, port_pool=pool, tick=tick)
-    a.start(media(b.local_port, host=host, **kw), pcm_rate=pcm_rate)
-    b.start(media(a.local_port, host=host, **kw), pcm_rate=pcm_rate)
+    a.start(media(b.local_port, host=host, **kw), audio=AudioFormat.pcm(pcm_rate))
+    b.start(media(a.local_port, host=host, **kw), audio=AudioFormat.pcm(pcm_rate))
     a.answered()
     b.answered()
     return a, b
@@ -136,7 +137,7 @@ def test_latching_follows_the_real_source_and_ignores_others() -> None:
         stream, phone, phone_port = await stream_and_phone(41100)
         intruder, _ = await Peer.open()
         # The SDP names a port nobody listens on (a phone behind NAT advertising its LAN port).
-        stream.start(media(9), pcm_rate=8000)
+        stream.start(media(9), audio=PCM8K)
         await asyncio.sleep(0.1)
         assert phone.packets == []
         codec = G711Codec("PCMU")
@@ -170,7 +171,7 @@ def test_srtp_both_ways_and_a_tampered_packet_is_dropped() -> None:
                                                                            "AES_CM_128_HMAC_SHA1_80")
         stream, phone, phone_port = await stream_and_phone(41200)
         phone_srtp = SrtpContext(theirs, ours)
-        stream.start(media(phone_port, local=ours, remote=theirs, rtcp_mux=True), pcm_rate=8000)
+        stream.start(media(phone_port, local=ours, remote=theirs, rtcp_mux=True), audio=PCM8K)
         heard: list[bytes] = []
         stream.on_audio = heard.append
         stream.send_audio(sine(1000, 0.3, 8000), flush=True)
@@ -231,12 +232,12 @@ def test_hold_sends_nothing_and_restart_changes_codec_and_remote_in_place() -> N
         stream, phone, phone_port = await stream_and_phone(41400)
         other, other_port = await Peer.open()
         port = stream.local_port
-        stream.start(media(phone_port, direction="recvonly"), pcm_rate=8000)  # we are held
+        stream.start(media(phone_port, direction="recvonly"), audio=PCM8K)  # we are held
         stream.answered()
         await asyncio.sleep(0.2)
         assert phone.packets == [] and stream.stats["packets_out"] == 0
         # re-INVITE: resume, switch to PCMA and to another address; same socket.
-        stream.start(media(other_port, codec=PCMA), pcm_rate=8000)
+        stream.start(media(other_port, codec=PCMA), audio=PCM8K)
         stream.send_audio(sine(440, 0.1, 8000))
         await asyncio.sleep(0.2)
         assert stream.local_port == port
@@ -254,7 +255,7 @@ def test_hold_sends_nothing_and_restart_changes_codec_and_remote_in_place() -> N
 def test_clear_output_drops_queued_audio_for_barge_in() -> None:
     async def main() -> None:
         stream, _phone, phone_port = await stream_and_phone(41500)
-        stream.start(media(phone_port), pcm_rate=24000)
+        stream.start(media(phone_port), audio=AudioFormat.pcm(24000))
         stream.answered()
         stream.send_audio(sine(440, 2.0, 24000))
         await asyncio.sleep(0.2)
@@ -300,7 +301,7 @@ def test_close_releases_everything() -> None:
         assert all(s is not None and s.fileno() == -1 for s in socks)
         assert asyncio.all_tasks() == {asyncio.current_task()}
         with pytest.raises(RuntimeError):
-            a.start(media(9), pcm_rate=8000)
+            a.start(media(9), audio=PCM8K)
         # The ports can be bound again at once.
         again = await MediaStream.open(bind_host="127.0.0.1", port_pool=pool, tick=tick)
         await again.close()
@@ -395,11 +396,11 @@ def test_re_start_with_a_new_remote_relatches() -> None:
         stream, phone, phone_port = await stream_and_phone(42400)
         moved, moved_port = await Peer.open()
         negotiated = media(phone_port)
-        stream.start(negotiated, pcm_rate=8000)
+        stream.start(negotiated, audio=PCM8K)
         phone.send(RtpPacket(0, 1, 0, 1, True, bytes(160)).to_bytes(), stream.local_port)
         await asyncio.sleep(0.05)
         assert stream.latched_addr == ("127.0.0.1", phone_port)
-        stream.start(replace(negotiated, remote_addr=("127.0.0.1", moved_port)), pcm_rate=8000)
+        stream.start(replace(negotiated, remote_addr=("127.0.0.1", moved_port)), audio=PCM8K)
         assert stream.latched_addr is None
         # The old peer's packets still in flight do not capture the new latch...
         phone.send(RtpPacket(0, 2, 160, 1, False, bytes(160)).to_bytes(), stream.local_port)
@@ -420,7 +421,7 @@ def test_re_start_with_a_new_remote_relatches() -> None:
 def test_a_host_name_in_the_sdp_is_resolved_without_blocking() -> None:
     async def main() -> None:
         stream, phone, phone_port = await stream_and_phone(42500, symmetric_rtp=False)
-        stream.start(media(phone_port, host="localhost"), pcm_rate=8000)
+        stream.start(media(phone_port, host="localhost"), audio=PCM8K)
         stream.answered()
         await asyncio.sleep(0.2)
         assert len(phone.packets) >= 5
@@ -433,7 +434,7 @@ def test_a_host_name_in_the_sdp_is_resolved_without_blocking() -> None:
 def test_dual_stack_socket_reaches_an_ipv4_phone() -> None:
     async def main() -> None:
         stream, phone, phone_port = await stream_and_phone(42600, bind_host="::")
-        stream.start(media(phone_port), pcm_rate=8000)
+        stream.start(media(phone_port), audio=PCM8K)
         phone.send(RtpPacket(0, 1, 0, 7, True, bytes(160)).to_bytes(), stream.local_port)
         await asyncio.sleep(0.15)
         assert len(phone.packets) >= 4
@@ -461,7 +462,7 @@ class Wire:
 def test_session_keeps_the_rtp_clock_across_skipped_ticks() -> None:
     wire = Wire()
     session = MediaSession(wire)
-    session.configure(media(5000), pcm_rate=8000, now=100.0)
+    session.configure(media(5000), audio=PCM8K, now=100.0)
     session.answered(100.0)
     for t in (100.0, 100.02, 100.04, 100.24, 100.26):  # the loop stalled for 180 ms
         session.on_tick(t)
@@ -475,17 +476,17 @@ def test_session_keeps_the_rtp_clock_across_skipped_ticks() -> None:
 def test_session_hold_address_and_ipv6_mapping() -> None:
     wire = Wire()
     held = MediaSession(wire)
-    held.configure(media(5000, host="0.0.0.0"), pcm_rate=8000, now=0.0)  # RFC 2543 hold
+    held.configure(media(5000, host="0.0.0.0"), audio=PCM8K, now=0.0)  # RFC 2543 hold
     held.answered(0.0)
     held.on_tick(0.0)
     assert wire.sent == []
     dual = MediaSession(wire, ipv6_socket=True)
-    dual.configure(media(5000), pcm_rate=8000, now=0.0)
+    dual.configure(media(5000), audio=PCM8K, now=0.0)
     dual.answered(0.0)
     dual.on_tick(0.0)
     assert wire.sent[0][1] == ("::ffff:127.0.0.1", 5000)
     v4_only = MediaSession(wire)
-    v4_only.configure(media(5000, host="2001:db8::1"), pcm_rate=8000, now=0.0)
+    v4_only.configure(media(5000, host="2001:db8::1"), audio=PCM8K, now=0.0)
     v4_only.answered(0.0)
     assert v4_only.stats["packets_out"] == 0
     v4_only.on_tick(0.0)
@@ -495,15 +496,15 @@ def test_session_hold_address_and_ipv6_mapping() -> None:
 def test_session_rtcp_goes_to_port_plus_one_or_a_rtcp_attribute() -> None:
     wire = Wire()
     session = MediaSession(wire)
-    session.configure(media(5000), pcm_rate=8000, now=0.0)
+    session.configure(media(5000), audio=PCM8K, now=0.0)
     session.answered(0.0)
     session.send_rtcp(0.0)
     assert wire.sent[-1][1:] == (("127.0.0.1", 5001), True)
     other = replace(media(5000), remote_rtcp_addr=("127.0.0.2", 6001))
-    session.configure(other, pcm_rate=8000, now=1.0)
+    session.configure(other, audio=PCM8K, now=1.0)
     session.send_rtcp(1.0)
     assert wire.sent[-1][1:] == (("127.0.0.2", 6001), True)
-    session.configure(media(5000, rtcp_mux=True), pcm_rate=8000, now=2.0)
+    session.configure(media(5000, rtcp_mux=True), audio=PCM8K, now=2.0)
     session.send_rtcp(2.0)
     assert wire.sent[-1][1:] == (("127.0.0.1", 5000), False)
     packets = parse_rtcp(wire.sent[-1][0])
@@ -524,7 +525,7 @@ def dests(wire: Wire) -> set[tuple[str, int]]:
 def test_nothing_goes_to_the_sdp_address_before_the_answer() -> None:
     wire = Wire()
     session = MediaSession(wire)
-    session.configure(media(5000, host="192.0.2.7"), pcm_rate=8000, now=0.0)
+    session.configure(media(5000, host="192.0.2.7"), audio=PCM8K, now=0.0)
     for k in range(300):  # six seconds, RTCP due twice over
         session.on_tick(k * 0.02)
     assert wire.sent == []  # an INVITE alone aims nothing at its SDP's victim
@@ -536,7 +537,7 @@ def test_nothing_goes_to_the_sdp_address_before_the_answer() -> None:
 def test_a_peer_that_sent_the_calls_media_gets_ours_before_the_answer() -> None:
     wire = Wire()
     session = MediaSession(wire)
-    session.configure(media(5000), pcm_rate=8000, now=0.0)
+    session.configure(media(5000), audio=PCM8K, now=0.0)
     session.receive_rtp(rtp(1), ("127.0.0.1", 5000), 0.01)  # from the SDP's address: believed
     session.on_tick(0.02)
     assert dests(wire) == {("127.0.0.1", 5000)}
@@ -547,7 +548,7 @@ def test_an_intruder_racing_the_caller_never_takes_the_call() -> None:
     session = MediaSession(wire)
     heard: list[bytes] = []
     session.on_audio = heard.append
-    session.configure(media(5000, host="10.0.0.8"), pcm_rate=8000, now=0.0)  # NATed caller
+    session.configure(media(5000, host="10.0.0.8"), audio=PCM8K, now=0.0)  # NATed caller
     session.answered(0.0)
     intruder, caller = ("203.0.113.9", 40000), ("198.51.100.2", 31000)
     # The intruder sprays packets with random SSRCs and sequence numbers first...
@@ -570,7 +571,7 @@ def test_an_intruder_racing_the_caller_never_takes_the_call() -> None:
 def test_the_sdp_address_wins_back_a_learned_source_and_learning_closes() -> None:
     wire = Wire()
     session = MediaSession(wire)
-    session.configure(media(5000), pcm_rate=8000, now=0.0)
+    session.configure(media(5000), audio=PCM8K, now=0.0)
     squatter = ("127.0.0.1", 6666)
     for k in range(4):
         session.receive_rtp(rtp(k, ssrc=7), squatter, 0.01 * k)
@@ -578,7 +579,7 @@ def test_the_sdp_address_wins_back_a_learned_source_and_learning_closes() -> Non
     session.receive_rtp(rtp(50), ("127.0.0.1", 5000), 0.1)
     assert session.latched_addr == ("127.0.0.1", 5000)
     late = MediaSession(wire)
-    late.configure(media(5000, host="10.0.0.8"), pcm_rate=8000, now=0.0)
+    late.configure(media(5000, host="10.0.0.8"), audio=PCM8K, now=0.0)
     for k in range(8):  # past the learning window: nothing is learned any more
         late.receive_rtp(rtp(k), ("198.51.100.2", 31000), 6.0 + 0.02 * k)
     assert late.latched_addr is None and late.stats["foreign_packets"] == 8
@@ -587,7 +588,7 @@ def test_the_sdp_address_wins_back_a_learned_source_and_learning_closes() -> Non
 def test_rtcp_from_a_stranger_neither_steers_nor_keeps_the_stream() -> None:
     wire = Wire()
     session = MediaSession(wire)
-    session.configure(media(5000), pcm_rate=8000, now=0.0)
+    session.configure(media(5000), audio=PCM8K, now=0.0)
     session.answered(0.0)
     report = build_rtcp([ReceiverReport(0x42, ())])
     session.receive_rtcp(report, ("203.0.113.9", 5001), 0.5)
@@ -602,7 +603,7 @@ def test_rtcp_from_a_stranger_neither_steers_nor_keeps_the_stream() -> None:
 def test_sending_pauses_while_the_peer_is_silent_and_silent_rtp_keeps_it_alive() -> None:
     wire = Wire()
     session = MediaSession(wire, media_timeout=2.0)
-    session.configure(media(5000), pcm_rate=8000, now=0.0)
+    session.configure(media(5000), audio=PCM8K, now=0.0)
     session.answered(0.0)
     t = 0.0
     for k in range(150):  # three seconds of nothing back: sending stops after two
@@ -620,7 +621,7 @@ def test_sending_pauses_while_the_peer_is_silent_and_silent_rtp_keeps_it_alive()
 def test_a_public_sdp_address_lets_only_its_own_host_be_learned() -> None:
     wire = Wire()
     session = MediaSession(wire)
-    session.configure(media(5000, host="198.51.100.20"), pcm_rate=8000, now=0.0)
+    session.configure(media(5000, host="198.51.100.20"), audio=PCM8K, now=0.0)
     for k in range(6):  # another host, however well-formed its run: never learned
         session.receive_rtp(rtp(k, ssrc=5), ("203.0.113.9", 5000), 0.01 * k)
     assert session.latched_addr is None and session.stats["foreign_packets"] == 6
@@ -630,3 +631,40 @@ def test_a_public_sdp_address_lets_only_its_own_host_be_learned() -> None:
     assert [behind_nat(h) for h in ("10.1.2.3", "192.168.0.9", "100.64.1.1", "fe80::1",
                                     "::ffff:172.16.0.1", "127.0.0.1", "198.51.100.20",
                                     "2001:db8::1", "8.8.8.8")] == [True] * 5 + [False] * 4
+
+
+# -- the codec's own audio, passed through (sans-IO) ------------------------------------------
+
+
+def test_g711_passes_through_bit_exact_and_an_inline_answer_rides_the_same_tick() -> None:
+    wire = Wire()
+    session = MediaSession(wire, jitter_min_ms=40)
+    session.configure(media(5000), audio=AudioFormat("pcmu", 8000), inline=True, now=0.0)
+    session.answered(0.0)
+    session.on_audio = session.send_audio  # an echo, answering within on_audio
+    rng = np.random.default_rng(7)
+    sent = [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(60)]
+    lost = 30
+    for k in range(100):
+        now = k * 0.02
+        if k < len(sent) and k != lost:
+            packet = RtpPacket(0, 1000 + k, 160 * k, 0x1234, k == 0, sent[k]).to_bytes()
+            session.receive_rtp(packet, ("127.0.0.1", 5000), now - 0.001)
+        session.on_tick(now)
+    out = [p.payload for p in wire.rtp()]
+    first = out.index(sent[0])
+    # 40 ms of jitter buffer and no tick more: the frame that plays at a tick leaves in it.
+    assert first == 2
+    echoed = out[first:first + len(sent)]
+    assert [i for i, (a, b) in enumerate(zip(echoed, sent, strict=True)) if a != b] == [lost]
+    concealer = G711Codec("PCMU")
+    concealer.decode(sent[lost - 1])
+    assert echoed[lost] == concealer.encode(concealer.conceal())  # the codec's own PLC
+    assert out[-20:] == [b"\xff" * 160] * 20  # μ-law silence once the caller stopped
+    assert session.stats["decode_errors"] == 0
+
+
+def test_a_format_the_call_codec_cannot_pass_is_refused() -> None:
+    session = MediaSession(Wire())
+    with pytest.raises(ValueError, match="pcma audio cannot pass through a PCMU call"):
+        session.configure(media(5000), audio=AudioFormat("pcma", 8000), now=0.0)

@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from callgate.media.formats import AudioFormat
 from callgate.observe.events import (
     CallAnswered,
     CallRefused,
@@ -49,6 +50,7 @@ class FakeMedia:
         self.stats: dict[str, Any] = {"codec": "PCMU", "packets_in": 0, "packets_out": 0,
                                       "lost": 0, "late": 0, "jitter_ms": 0.0, "rtt_ms": None}
         self.on_audio: Callable[[bytes], None] | None = lambda pcm: None
+        self.audio_format = AudioFormat.pcm(24000)
         self.sent: list[bytes] = []
 
     def send_audio(self, pcm: bytes, *, flush: bool = False) -> None:
@@ -96,7 +98,8 @@ def test_a_call_seen_from_start_to_end(tmp_path: Path) -> None:
         watch.want_recording("rtc_1", True)
         observers.call_event(CallStateChanged("rtc_1", "ringing", "accepted", "accepted",
                                               100.05, False))
-        observers.call_event(CallAnswered("rtc_1", "local", "PCMU", 100.05, media, session))
+        observers.call_event(CallAnswered("rtc_1", "local", "PCMU", 100.05, media, session,
+                                                  AudioFormat.pcm(24000)))
         observers.call_event(CallStateChanged("rtc_1", "accepted", "active", "ACK", 100.06,
                                               False))
         live = samples(metrics)
@@ -224,7 +227,8 @@ def test_an_ended_call_kept_among_the_recent_holds_no_session_or_media() -> None
         viewer = watch.watch()  # with a viewer the call's audio is tapped too
         session, media = FakeSession(), FakeMedia()
         watch.call_event(CallStarted("rtc_9", "x@y", "inbound", "a", "b", 1.0, "ringing"))
-        watch.call_event(CallAnswered("rtc_9", "echo", "PCMU", 1.0, media, session))
+        watch.call_event(CallAnswered("rtc_9", "echo", "PCMU", 1.0, media, session,
+                                             AudioFormat.pcm(24000)))
         await asyncio.sleep(0)  # the follower subscribes
         watch.call_event(CallStateChanged("rtc_9", "active", "ended", "bye", 2.0, True))
         for _ in range(3):

@@ -32,6 +32,7 @@ from callgate.engines.base import (
     TranscriptDelta,
     TranscriptDone,
 )
+from callgate.media.formats import AudioFormat
 from callgate.realtime.session import RealtimeSession
 from callgate.realtime.subscribers import Subscription
 
@@ -122,6 +123,8 @@ class EnergyVad:
 # --- the phone line -------------------------------------------------------------------------
 class FakeLine:
     """An AudioOutput that plays out in real time by ``clock`` and records what it got."""
+
+    audio_format = AudioFormat.pcm(RATE)
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock

@@ -4,12 +4,13 @@ stream, the engine factory's shape, the set-up failure, and the local address to
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from callgate.calls.control import CallError
 from callgate.config import Settings
 from callgate.engines.base import Engine
+from callgate.media.formats import AudioFormat
 from callgate.media.stream import MediaStream
 
 
@@ -26,8 +27,14 @@ class CallFailed(CallError):
 class LineOutput:
     """The phone line as the realtime session's audio output (paced by the media stream)."""
 
-    def __init__(self, media: MediaStream):
+    def __init__(self, media: MediaStream, line_audio: Callable[[], AudioFormat]):
         self._media = media
+        self._line_audio = line_audio
+
+    @property
+    def audio_format(self) -> AudioFormat:
+        # A response may start between the 200 OK and the ACK, before the stream has it.
+        return self._media.audio_format or self._line_audio()
 
     def play(self, pcm: bytes) -> None:
         self._media.send_audio(pcm)

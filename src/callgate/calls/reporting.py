@@ -6,6 +6,7 @@ Kept apart from the call logic so that each place a call reports from stays one 
 from __future__ import annotations
 
 from callgate.calls.call import Call
+from callgate.media.formats import AudioFormat
 from callgate.observe.events import CallAnswered, CallStarted, MediaView, SessionView
 
 
@@ -15,10 +16,11 @@ def call_started(call: Call, direction: str, at: float, trunk: str | None = None
                        _address(headers.get("To")), at, call.state.value, trunk)
 
 
-def call_answered(call: Call, media: MediaView, session: SessionView, at: float) -> CallAnswered:
+def call_answered(call: Call, media: MediaView, session: SessionView, audio: AudioFormat,
+                  at: float) -> CallAnswered:
     model = (call.config or {}).get("model")
     codec = call.negotiated.codec.name if call.negotiated is not None else None
-    return CallAnswered(call.id, str(model or ""), codec, at, media, session)
+    return CallAnswered(call.id, str(model or ""), codec, at, media, session, audio)
 
 
 def _address(value: str | None) -> str:

@@ -29,6 +29,8 @@ from callgate.cluster.registry import CallRegistry
 from callgate.config import Settings
 from callgate.engines.base import Engine
 from callgate.log import event
+from callgate.media.codecs import codec_format
+from callgate.media.formats import AudioFormat
 from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool, PortsExhausted
 from callgate.media.stream import MediaStream
@@ -40,8 +42,6 @@ from callgate.sip import events as ev
 from callgate.sip.transport import SipTransportManager, is_ip
 
 logger = logging.getLogger("callgate.calls")
-
-ENGINE_RATE = 24000
 
 
 class CallShell:
@@ -169,9 +169,10 @@ class CallShell:
         elif isinstance(action, act.Notify):
             self._notify(action)
         elif isinstance(action, act.ConfigureMedia):
-            media = self.media.get(action.call_id)
-            if media is not None:
-                media.start(action.negotiated, pcm_rate=ENGINE_RATE)
+            media, engine = self.media.get(action.call_id), self.engines.get(action.call_id)
+            if media is not None and engine is not None:
+                media.start(action.negotiated, inline=engine.inline,
+                            audio=engine.line_audio(codec_format(action.negotiated.codec)))
                 media.answered()  # the core configures media only once the call is confirmed
         elif isinstance(action, act.StartSession):
             self.starting[action.call_id] = self.spawn(
@@ -375,7 +376,8 @@ class CallShell:
         # The session exists while the call rings, so observers may attach (?call_id=);
         # it starts when the callee answers, so the greeting is heard from the first word.
         rt = RealtimeSession(config=session, engine=engine, call_id=call.id,
-                             output=LineOutput(media), same_engine=self.settings.same_engine)
+                             output=self._line_output(call.id),
+                             same_engine=self.settings.same_engine)
         self.live[call.id] = rt
         self.sessions.add(rt)
         self.pump()
@@ -442,7 +444,8 @@ class CallShell:
         rt = self.live.get(call_id)
         if rt is None:
             rt = RealtimeSession(config=config, engine=engine, call_id=call_id,
-                                 output=LineOutput(media), same_engine=self.settings.same_engine)
+                                 output=self._line_output(call_id),
+                                 same_engine=self.settings.same_engine)
             self.live[call_id] = rt
             self.sessions.add(rt)
         media.on_audio = rt.feed_audio
@@ -458,7 +461,20 @@ class CallShell:
             self.starting.pop(call_id, None)
         call = self._core().calls.get(call_id)
         if call is not None:
-            self.observer.call_event(call_answered(call, media, rt, time.time()))
+            self.observer.call_event(call_answered(call, media, rt, self._line_audio(call_id),
+                                                   time.time()))
+
+    def _line_audio(self, call_id: str) -> AudioFormat:
+        """What the call's engine takes and gives on its line, from the negotiated codec:
+        known from the answer on, while the media is configured only once the ACK came."""
+        engine = self.engines[call_id]
+        call = self._core().calls.get(call_id)
+        if call is None or call.negotiated is None:
+            return AudioFormat.pcm(engine.sample_rate)
+        return engine.line_audio(codec_format(call.negotiated.codec))
+
+    def _line_output(self, call_id: str) -> LineOutput:
+        return LineOutput(self.media[call_id], lambda: self._line_audio(call_id))
 
     async def reject(self, call_id: str, status_code: int) -> None:
         self._core().reject(call_id, status_code, self.loop.time())

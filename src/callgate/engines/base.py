@@ -8,17 +8,21 @@ talks. Two shapes fit behind one interface:
 * duplex engines (``echo``, an upstream Realtime server) take every input frame through
   ``push_audio`` and speak on their own through ``events``; the session relays what they say.
 
-All audio is PCM16 little-endian mono at ``Engine.sample_rate`` (24 kHz, the Realtime API's
-``audio/pcm`` rate). Every stage a turn passes is stamped with ``Stage`` so latency has one
-timeline (STYLE.md: one place per call knows the timeline of a turn).
+Audio is PCM16 little-endian mono at ``Engine.sample_rate`` (24 kHz for the engines here, the
+Realtime API's ``audio/pcm`` rate). On a phone line an engine may ask for another format through
+:meth:`Engine.line_audio`: ``echo`` takes the codec's own audio, so G.711 passes through
+untouched and nothing is resampled. Every stage a turn passes is stamped with ``Stage`` so
+latency has one timeline (STYLE.md: one place per call knows the timeline of a turn).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from callgate.media.formats import AudioFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +132,27 @@ class Engine(ABC):
 
     sample_rate: ClassVar[int] = 24000
     duplex: ClassVar[bool] = False
+    # A duplex engine that answers each frame within push_audio (through attach): no queue
+    # hop or task wake-up per frame, and the media stream plays out in the send phase of the
+    # tick, so the answer to a frame leaves in the same tick's packet.
+    inline: ClassVar[bool] = False
     # Input tokens the engine's language model takes (None: unknown); the session's
     # ``truncation`` keeps the conversation it sends within it.
     context_tokens: int | None = None
 
     async def start(self, session: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Called once with the session config before any audio flows."""
+
+    def line_audio(self, codec: AudioFormat) -> AudioFormat:
+        """The format this engine takes and gives a phone call's audio in, given the call
+        codec's own (``codec_format``); the media stream converts between the two, and only
+        where they differ. Called when the call's media is set up and on every re-INVITE."""
+        return AudioFormat.pcm(self.sample_rate)
+
+    def attach(self, deliver: Callable[[EngineEvent], None]) -> None:
+        """Inline duplex engines (``inline``): hand each event to ``deliver`` from within
+        ``push_audio`` instead of through :meth:`events`."""
+        raise NotImplementedError(f"{type(self).__name__} does not answer inline")
 
     def unsupported(self, session: dict[str, Any]) -> tuple[str, str] | None:
         """A setting of ``session`` (the GA session object) this engine cannot carry out, as

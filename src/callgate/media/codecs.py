@@ -15,6 +15,12 @@ Loss concealment (``conceal``):
 
 The hot path avoids per-frame Python objects: G.711 is one table lookup on a zero-copy numpy
 view, and Opus calls libopus through ctypes with buffers allocated once per codec.
+
+A consumer that speaks G.711 itself (the ``echo`` engine, an upstream Realtime server set to
+``audio/pcmu`` or ``audio/pcma``) takes the payloads as they are: ``AudioFormat`` says what a
+consumer takes, and ``create_codec(..., audio=...)`` then gives a :class:`G711Passthrough`,
+whose "PCM" side is the payload itself (one byte per sample). It decodes only to conceal a
+lost packet, so the audio comes back bit for bit apart from the jitter buffer's concealment.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import opuslib_next.api.ctl  # type: ignore[import-untyped]
 import opuslib_next.api.decoder  # type: ignore[import-untyped]
 import opuslib_next.api.encoder  # type: ignore[import-untyped]
 
+from callgate.media.formats import AudioFormat
 from callgate.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
 
 if TYPE_CHECKING:
@@ -39,8 +46,10 @@ __all__ = [
     "Codec",
     "CodecError",
     "G711Codec",
+    "G711Passthrough",
     "G722Codec",
     "OpusCodec",
+    "codec_format",
     "create_codec",
 ]
 
@@ -51,11 +60,21 @@ class CodecError(ValueError):
     """Unknown codec, bad parameters, or a payload the decoder rejects."""
 
 
+def codec_format(spec: CodecSpec) -> AudioFormat:
+    """The codec's own audio: G.711 payload bytes, else PCM16 at the codec's PCM rate."""
+    name = spec.name.upper()
+    if name in ("PCMU", "PCMA"):
+        return AudioFormat("pcmu" if name == "PCMU" else "pcma", 8000)
+    return AudioFormat.pcm(16000 if name == "G722" else spec.clock_rate)
+
+
 class Codec(Protocol):
     name: str
     clock_rate: int  # RTP timestamp units per second
     sample_rate: int  # PCM samples per second
     frame_samples: int  # PCM samples per frame (ptime) at sample_rate
+    sample_width: int  # bytes per sample of the PCM side (1 for a pass-through)
+    silence: bytes  # one frame of silence as the PCM side has it
 
     def encode(self, pcm: bytes) -> bytes:
         """One frame of PCM16 LE mono at ``sample_rate`` → one RTP payload."""
@@ -107,6 +126,7 @@ class G711Codec:
 
     clock_rate = 8000
     sample_rate = 8000
+    sample_width = 2
 
     def __init__(self, name: str, *, ptime: int = 20) -> None:
         if name == "PCMU":
@@ -117,6 +137,7 @@ class G711Codec:
             raise CodecError(f"not a G.711 codec: {name}")
         self.name = name
         self.frame_samples = 8 * ptime
+        self.silence = bytes(2 * self.frame_samples)
         self._plc = _FadeConcealer(self.frame_samples)
 
     def encode(self, pcm: bytes) -> bytes:
@@ -134,15 +155,48 @@ class G711Codec:
         return self._plc.conceal()
 
 
+class G711Passthrough:
+    """G.711 for a consumer that takes the payload bytes themselves: nothing is decoded or
+    encoded, except that a lost frame is concealed as :class:`G711Codec` conceals it (the
+    last good payload is decoded only then)."""
+
+    clock_rate = 8000
+    sample_rate = 8000
+    sample_width = 1
+
+    def __init__(self, name: str, *, ptime: int = 20) -> None:
+        self._pcm = G711Codec(name, ptime=ptime)
+        self.name = name
+        self.frame_samples = self._pcm.frame_samples
+        self._encoded_zero = self._pcm.encode(bytes(2))
+        self.silence = self._encoded_zero * self.frame_samples
+        self._last: bytes | None = None  # the last good payload, until a loss decodes it
+
+    def encode(self, pcm: bytes) -> bytes:
+        return pcm
+
+    def decode(self, payload: bytes) -> bytes:
+        self._last = payload
+        return payload
+
+    def conceal(self, next_payload: bytes | None = None) -> bytes:
+        if self._last is not None:
+            self._pcm.decode(self._last)  # primes the concealer with the last good frame
+            self._last = None
+        return self._pcm.encode(self._pcm.conceal())
+
+
 class G722Codec:
     """G.722 at 64 kbit/s (RFC 3551 §4.5.2): 16 kHz PCM, RTP clock 8000, 2 samples per byte."""
 
     name = "G722"
     clock_rate = 8000
     sample_rate = 16000
+    sample_width = 2
 
     def __init__(self, *, ptime: int = 20) -> None:
         self.frame_samples = 16 * ptime
+        self.silence = bytes(2 * self.frame_samples)
         # Separate states: encoder and decoder are independent ADPCM predictors.
         self._encoder: Any = G722.G722(16000, 64000)
         self._decoder: Any = G722.G722(16000, 64000)
@@ -174,6 +228,7 @@ class OpusCodec:
     name = "opus"
     clock_rate = 48000
     sample_rate = 48000
+    sample_width = 2
     _MAX_PACKET = 1275  # RFC 6716 §3.2.1: largest single-frame packet
     _MAX_SAMPLES = 5760  # 120 ms at 48 kHz, the longest packet a decoder can meet
 
@@ -188,6 +243,7 @@ class OpusCodec:
         if ptime not in (10, 20, 40, 60):
             raise CodecError(f"unsupported Opus ptime: {ptime}")
         self.frame_samples = 48 * ptime
+        self.silence = bytes(2 * self.frame_samples)
         api = opuslib_next.api
         self._enc_state: Any = api.encoder.create_state(48000, 1, opuslib_next.APPLICATION_VOIP)
         self._dec_state: Any = api.decoder.create_state(48000, 1)
@@ -252,9 +308,15 @@ def _fmtp_params(fmtp: str | None) -> dict[str, str]:
     return params
 
 
-def create_codec(spec: CodecSpec, *, ptime: int = 20) -> Codec:
-    """The codec for a negotiated ``CodecSpec``; raises CodecError for anything else."""
+def create_codec(spec: CodecSpec, *, ptime: int = 20, audio: AudioFormat | None = None
+                 ) -> Codec:
+    """The codec for a negotiated ``CodecSpec``; raises CodecError for anything else.
+    ``audio``: what the consumer takes; G.711 bytes of the negotiated law mean pass-through."""
     name = spec.name.upper()
+    if audio is not None and audio.encoding != "pcm16":
+        if audio != codec_format(spec):
+            raise CodecError(f"{audio.encoding} audio cannot pass through a {spec.name} call")
+        return G711Passthrough(name, ptime=ptime)
     if name in ("PCMU", "PCMA"):
         return G711Codec(name, ptime=ptime)
     if name == "G722":

@@ -126,3 +126,12 @@ def alaw_encode(pcm: bytes) -> bytes:
 def alaw_decode(payload: bytes) -> bytes:
     """A-law bytes → PCM16 little-endian."""
     return _decode(ALAW_DECODE, payload)
+
+
+def to_pcm16(encoding: str, data: bytes) -> bytes:
+    """Audio in an ``AudioFormat`` encoding (``pcm16``, ``pcmu``, ``pcma``) as PCM16."""
+    if encoding == "pcmu":
+        return ulaw_decode(data)
+    if encoding == "pcma":
+        return alaw_decode(data)
+    return data

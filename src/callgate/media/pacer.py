@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import sys
@@ -66,6 +67,13 @@ class _Itimerspec(ctypes.Structure):
     _fields_ = (("it_interval", _Timespec), ("it_value", _Timespec))
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # Loaded once: the tick re-arms a timerfd whenever calls come back after an idle moment,
+    # and dlopen on each re-arm showed in the call-setup profile.
+    return ctypes.CDLL(None, use_errno=True)
+
+
 class _TimerFd:
     """A periodic CLOCK_MONOTONIC timerfd(2) (the clock ``time.monotonic()`` reads)."""
 
@@ -73,7 +81,7 @@ class _TimerFd:
     _TFD_TIMER_ABSTIME = 1
 
     def __init__(self, first: float, interval: float) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = _libc()
         self._settime = libc.timerfd_settime
         self.fd: int = libc.timerfd_create(self._CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
         if self.fd < 0:
@@ -310,9 +318,9 @@ class PacedSender:
             self._resampler = Resampler(pcm_rate, codec.sample_rate)
         if codec is not self._codec:
             self._codec = codec
-            self._frame = 2 * codec.frame_samples
+            self._frame = codec.sample_width * codec.frame_samples
             self._samples = codec.clock_rate * codec.frame_samples // codec.sample_rate
-            self._silence_pcm = bytes(self._frame)
+            self._silence_pcm = codec.silence
             # G.711 is stateless: one encoded silence frame serves the whole call. Stateful
             # coders (G.722 ADPCM, Opus) encode every frame to stay in step with the decoder.
             self._silence_payload = (codec.encode(self._silence_pcm)
@@ -380,7 +388,7 @@ class PacedSender:
         elif fifo:
             self._partial_ticks += 1
             if self._flush or self._partial_ticks >= _PARTIAL_WAIT_TICKS:
-                pcm = bytes(fifo) + bytes(n - len(fifo))
+                pcm = bytes(fifo) + self._silence_pcm[len(fifo):]
                 fifo.clear()
                 self._partial_ticks = 0
         if not fifo:

@@ -5,10 +5,11 @@ Datagrams come in with their source address and ``now``; ``on_tick(now)`` runs o
 callable given at construction (no sockets here, and no list built per tick).
 
 Receive: SRTP unprotect → parse → strict-RTP source check (``SourceLatch``) → telephone-events
-to the DTMF receiver, audio to the jitter buffer. Each tick: jitter buffer pop → decode / conceal →
-resample to ``pcm_rate`` → exactly one 20 ms frame to ``on_audio``; then one packet out from the
-PacedSender (queued audio, a telephone-event, or encoded silence that keeps NAT bindings open
-and the far end's jitter buffer fed), nothing while our direction does not send (RFC 3264 §5.1,
+to the DTMF receiver, audio to the jitter buffer. Each tick: jitter buffer pop → decode /
+conceal → resample to the consumer's ``AudioFormat`` (neither where it takes the codec's own
+audio) → one 20 ms frame to ``on_audio``; then one packet out from the PacedSender (queued
+audio, a telephone-event, or encoded silence that keeps NAT bindings open and the far end's
+jitter buffer fed), nothing while our direction does not send (RFC 3264 §5.1,
 hold); RTCP SR/RR about every 5 s (RFC 3550 §6.2).
 
 Where media goes is guarded, so that an INVITE cannot aim our stream at a third party: the
@@ -31,6 +32,7 @@ from typing import Any
 from callgate.log import event
 from callgate.media.codecs import Codec, CodecError, create_codec
 from callgate.media.dtmf import DtmfDigit, DtmfReceiver
+from callgate.media.formats import AudioFormat
 from callgate.media.jitter import LOST, JitterBuffer
 from callgate.media.latch import SourceLatch
 from callgate.media.offer_answer import CodecSpec, CryptoSuite, NegotiatedMedia
@@ -88,7 +90,8 @@ class MediaSession:
         self._dtmf_rx = DtmfReceiver()
         self._sender = PacedSender()
         self._cname = f"{secrets.token_hex(6)}@callgate"
-        self._pcm_rate = 0
+        self._audio: AudioFormat | None = None
+        self._inline = False
         self._codec_pt = self._dtmf_pt = -1
         self._sending = self._receiving = False
         self._remote: Address | None = None      # where RTP goes now (see _route)
@@ -122,28 +125,34 @@ class MediaSession:
 
     # -- configuration ------------------------------------------------------------------------
 
-    def configure(self, negotiated: NegotiatedMedia, *, pcm_rate: int, now: float) -> bool:
-        """Apply a negotiation: codec, direction, keys, DTMF, remote. What changed is rebuilt;
-        SSRC, sequence numbers and queued audio stay. Returns True when the remote address
-        changed and is a host name the caller must resolve (then call :meth:`set_remote`)."""
-        if negotiated.codec != self._spec:
-            self._codec = create_codec(negotiated.codec)
+    def configure(self, negotiated: NegotiatedMedia, *, audio: AudioFormat, now: float,
+                  inline: bool = False) -> bool:
+        """Apply a negotiation: codec, direction, keys, DTMF, remote; ``audio`` is what
+        ``on_audio`` gets and ``send_audio`` takes (G.711 bytes of the call's own law: passed
+        through). ``inline``: ``on_audio`` answers at once through ``send_audio`` (an echo),
+        so the frame is played out in the send phase and its answer leaves in this tick's
+        packet instead of the next one's. What changed is rebuilt; SSRC, sequence numbers and
+        queued audio stay. Returns True when the remote address changed and is a host name
+        the caller must resolve (then call :meth:`set_remote`)."""
+        self._inline = inline
+        if negotiated.codec != self._spec or audio != self._audio:
+            self._codec = create_codec(negotiated.codec,
+                                       audio=None if audio.encoding == "pcm16" else audio)
+            if negotiated.codec != self._spec:
+                self._jitter = JitterBuffer(self._codec.clock_rate, 20, self._jitter_min,
+                                            self._jitter_max)
+                self._rx_stats = None
             self._spec = negotiated.codec
             self._codec_pt = negotiated.codec.payload_type
-            self._jitter = JitterBuffer(self._codec.clock_rate, 20, self._jitter_min,
-                                        self._jitter_max)
-            self._rx_stats = None
-            self._pcm_rate = 0  # rebuild the receive resampler for the new codec rate
+            self._audio = audio
+            self._rx_resampler = Resampler(self._codec.sample_rate, audio.rate)
+            self._rx_fifo.clear()
+            self._rx_frame = audio.byte_rate * 20 // 1000
+            self._rx_silence = bytes([audio.silence_byte]) * self._rx_frame
         codec = self._codec
         assert codec is not None
-        if pcm_rate != self._pcm_rate:
-            self._pcm_rate = pcm_rate
-            self._rx_resampler = Resampler(codec.sample_rate, pcm_rate)
-            self._rx_fifo.clear()
-            self._rx_frame = 2 * pcm_rate * 20 // 1000
-            self._rx_silence = bytes(self._rx_frame)
         self._sender.configure(codec, negotiated.codec.payload_type,
-                               negotiated.dtmf_payload_type, pcm_rate)
+                               negotiated.dtmf_payload_type, audio.rate)
         dtmf_pt = negotiated.dtmf_payload_type
         self._dtmf_pt = -1 if dtmf_pt is None else dtmf_pt
         receiving = negotiated.direction in ("sendrecv", "recvonly")
@@ -365,9 +374,13 @@ class MediaSession:
         self.receive_due(now)
 
     def send_due(self, now: float) -> None:
-        """The send phase of a tick: one packet out (before any call's receive work)."""
-        if self._codec is None:
+        """The send phase of a tick: one packet out (before any call's receive work; an
+        inline consumer's answer is this packet's making, not receive work)."""
+        codec = self._codec
+        if codec is None:
             return
+        if self._inline and self._receiving:
+            self._play(codec, now)
         last, self._last_tick = self._last_tick, now
         if last and now - last > 0.030:
             # Ticks were skipped (a stalled loop): the RTP clock must still say how much time
@@ -400,7 +413,8 @@ class MediaSession:
         codec = self._codec
         if codec is None or not self._receiving:
             return
-        self._play(codec, now)
+        if not self._inline:
+            self._play(codec, now)
         deadline = self._dtmf_rx.deadline()
         if deadline is not None and now >= deadline:
             self._deliver_dtmf(self._dtmf_rx.poll(now))
@@ -441,7 +455,7 @@ class MediaSession:
                 if len(fifo) > 2 * n:
                     del fifo[:-n]  # never let the reframing add latency
             else:  # the resampler is still filling its filter: pad the first frame
-                frame = bytes(fifo) + bytes(n - len(fifo))
+                frame = bytes(fifo) + self._rx_silence[len(fifo):]
                 fifo.clear()
         try:
             on_audio(frame)
@@ -493,6 +507,11 @@ class MediaSession:
         self._sent_since_report = False
 
     # -- state --------------------------------------------------------------------------------
+
+    @property
+    def audio_format(self) -> AudioFormat | None:
+        """What ``on_audio`` gets and ``send_audio`` takes (None before :meth:`configure`)."""
+        return self._audio
 
     @property
     def latched_addr(self) -> Address | None:

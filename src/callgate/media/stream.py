@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from callgate.log import event
+from callgate.media.formats import AudioFormat
 from callgate.media.offer_answer import NegotiatedMedia
 from callgate.media.pacer import SendTick
 from callgate.media.ports import BoundPorts, PortPool
@@ -91,12 +92,14 @@ class MediaStream:
         event(logger, "media.open", call_id=call_id, port=bound.port, host=bind_host)
         return self
 
-    def start(self, negotiated: NegotiatedMedia, *, pcm_rate: int) -> None:
+    def start(self, negotiated: NegotiatedMedia, *, audio: AudioFormat,
+              inline: bool = False) -> None:
         """Apply a negotiation; called again on re-INVITE to change codec, remote address,
-        direction or keys in place (same sockets, SSRC and sequence numbers)."""
+        direction or keys in place (same sockets, SSRC and sequence numbers). ``audio`` and
+        ``inline``: see :meth:`MediaSession.configure`."""
         if self._closed:
             raise RuntimeError("media stream is closed")
-        if self.session.configure(negotiated, pcm_rate=pcm_rate, now=time.monotonic()):
+        if self.session.configure(negotiated, audio=audio, inline=inline, now=time.monotonic()):
             self._lookup(*negotiated.remote_addr)
         self._tick.register(self)
         event(logger, "media.start", call_id=self.call_id, codec=negotiated.codec.name,
@@ -148,8 +151,12 @@ class MediaStream:
     # -- the call's audio ---------------------------------------------------------------------
 
     @property
+    def audio_format(self) -> AudioFormat | None:
+        return self.session.audio_format
+
+    @property
     def on_audio(self) -> Callable[[bytes], None] | None:
-        """Receives PCM16 frames at ``pcm_rate``, 20 ms each, every tick (silence when the
+        """Receives frames in ``audio_format``, 20 ms each, every tick (silence when the
         caller sends nothing, concealment on loss)."""
         return self.session.on_audio
 
@@ -166,7 +173,7 @@ class MediaStream:
         self.session.on_dtmf = callback
 
     def send_audio(self, pcm: bytes, *, flush: bool = False) -> None:
-        """Queue PCM16 at ``pcm_rate`` for paced output (silence is sent while it is empty).
+        """Queue audio in ``audio_format`` for paced output (silence is sent while it is empty).
         ``flush`` marks the end of an utterance: its last partial frame goes out padded."""
         if not self._closed:
             self.session.send_audio(pcm, flush=flush)

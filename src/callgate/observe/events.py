@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from callgate.media.formats import AudioFormat
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,6 +27,9 @@ class MediaView(Protocol):
 
     @property
     def stats(self) -> dict[str, Any]: ...
+
+    @property
+    def audio_format(self) -> AudioFormat | None: ...
 
     @property
     def on_audio(self) -> Callable[[bytes], None] | None: ...
@@ -79,6 +84,7 @@ class CallAnswered:
     at: float
     media: MediaView = field(repr=False)
     session: SessionView = field(repr=False)
+    audio: AudioFormat = field(repr=False)  # what the engine hears and says on the line
 
 
 @dataclass(frozen=True, slots=True)

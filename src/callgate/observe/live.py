@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from callgate.media.formats import AudioFormat
+from callgate.media.g711 import to_pcm16
 from callgate.observe.events import (
     CallAnswered,
     CallEvent,
@@ -43,7 +45,6 @@ logger = logging.getLogger(__name__)
 SAMPLE_INTERVAL = 1.0   # seconds between media statistics samples of a live call
 RECENT_CALLS = 200      # finished calls kept in memory for the console
 VIEWER_QUEUE = 1000     # updates queued for one console viewer before it is cut off
-ENGINE_RATE = 24000     # PCM rate of the call audio the session hears and says
 
 
 class RecordSink(Protocol):
@@ -72,6 +73,7 @@ class LiveCall:
     transfers: list[dict[str, Any]] = field(default_factory=list)
     recording: str | None = None
     media: MediaView | None = field(default=None, repr=False)
+    audio: AudioFormat | None = field(default=None, repr=False)
     tee: AudioTee | None = field(default=None, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     counted: dict[str, int] = field(default_factory=dict, repr=False)
@@ -101,27 +103,34 @@ class AudioTee:
 
     It wraps the stream's own entry points (``on_audio``, ``send_audio``, ``clear_output``)
     so that the media layer needs no hook; per frame it only stores a reference (and hands
-    the frame to the recorder when recording)."""
+    the frame to the recorder when recording). Audio passed through as G.711 is decoded here,
+    on the calls that are recorded or watched only."""
 
-    def __init__(self, media: MediaView, recorder: StereoRecorder | None) -> None:
+    def __init__(self, media: MediaView, audio: AudioFormat,
+                 recorder: StereoRecorder | None) -> None:
         self.recorder = recorder
         self.caller_frame = b""
         self.agent_chunk = b""
+        self._frame_bytes = 2 * audio.rate // 50  # 20 ms of PCM16
         inner_audio = media.on_audio
         send_audio, clear_output = media.send_audio, media.clear_output
 
-        def on_audio(pcm: bytes) -> None:
-            self.caller_frame = pcm
+        def pcm16(data: bytes) -> bytes:
+            fmt = media.audio_format
+            return data if fmt is None else to_pcm16(fmt.encoding, data)
+
+        def on_audio(frame: bytes) -> None:
+            pcm = self.caller_frame = pcm16(frame)
             if self.recorder is not None:
                 self.recorder.caller(pcm)
             if inner_audio is not None:
-                inner_audio(pcm)
+                inner_audio(frame)
 
-        def send(pcm: bytes, *, flush: bool = False) -> None:
-            self.agent_chunk = pcm
+        def send(chunk: bytes, *, flush: bool = False) -> None:
+            pcm = self.agent_chunk = pcm16(chunk)
             if self.recorder is not None:
                 self.recorder.agent(pcm)
-            send_audio(pcm, flush=flush)
+            send_audio(chunk, flush=flush)
 
         def clear() -> int:
             self.agent_chunk = b""
@@ -135,7 +144,8 @@ class AudioTee:
 
     def levels(self) -> dict[str, float]:
         """Recent loudness of each side, 0–1 (RMS of the latest audio, full scale = 1)."""
-        return {"caller": _rms(self.caller_frame), "agent": _rms(self.agent_chunk[-960:])}
+        return {"caller": _rms(self.caller_frame),
+                "agent": _rms(self.agent_chunk[-self._frame_bytes:])}
 
     def close(self) -> None:
         if self.recorder is not None:
@@ -220,12 +230,12 @@ class CallWatch:
         self.metrics.setup.labels("200").inc()
         self.metrics.invite_to_answer.observe(max(ev.at - call.started_at, 0.0))
         self.metrics.sessions.labels(self.model_label(ev.model)).inc()
-        call.media = ev.media
+        call.media, call.audio = ev.media, ev.audio
         recorder = None
         if self.recordings is not None and self.wanted.pop(call.id, self.record_all):
             path = self.recordings / f"{call.id}.wav"
             try:
-                recorder = StereoRecorder(path, ENGINE_RATE, call_id=call.id,
+                recorder = StereoRecorder(path, ev.audio.rate, call_id=call.id,
                                           on_error=self.metrics.recording_errors.inc)
                 call.recording = str(path)
             except OSError as exc:
@@ -233,7 +243,7 @@ class CallWatch:
                 logger.warning("recording not started", extra={"call_id": call.id,
                                                                  "error": str(exc)})
         if recorder is not None or self.viewers:
-            call.tee = AudioTee(ev.media, recorder)
+            call.tee = AudioTee(ev.media, ev.audio, recorder)
         call.task = asyncio.get_running_loop().create_task(self._follow(call, ev.session))
         self._save(call)
         self._publish("call", call.summary())
@@ -389,8 +399,8 @@ class CallWatch:
         # The level meters need the audio: tap it from the first viewer on, so that a call
         # nobody watches or records costs nothing per frame.
         for call in self.calls.values():
-            if call.media is not None and call.tee is None:
-                call.tee = AudioTee(call.media, None)
+            if call.media is not None and call.audio is not None and call.tee is None:
+                call.tee = AudioTee(call.media, call.audio, None)
         return queue
 
     def unwatch(self, queue: asyncio.Queue[dict[str, Any]]) -> None:

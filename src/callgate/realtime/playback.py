@@ -48,7 +48,7 @@ class LinePlayback:
 
     def adopt(self, parts: list[Playback]) -> None:
         """Take over a response's parts (when it ends, or when it is interrupted)."""
-        self.parts.extend(pb for pb in parts if pb.sent_samples)
+        self.parts.extend(pb for pb in parts if pb.sent_bytes)
         parts.clear()
 
     def watch_drain(self) -> None:

@@ -73,7 +73,7 @@ class Relay:
         line = self.session.line
         if isinstance(ev, AudioDelta):
             if line is not None and line.parts:
-                line.parts[-1].sent_samples += len(ev.pcm) // 2
+                line.parts[-1].sent_bytes += len(ev.pcm)
                 line.output.play(ev.pcm)
         elif isinstance(ev, EngineError):
             self.session.emit(engine_error_event(ev))
@@ -112,7 +112,7 @@ class Relay:
             line.stop_watching()  # a new response is talking: it will be drained in turn
             self.last_response_id = key[0]
             self.session.emit({"type": "output_audio_buffer.started", "response_id": key[0]})
-        line.parts.append(Playback(*key))
+        line.parts.append(Playback(*key, line.output.audio_format))
 
     def _interrupts(self) -> bool:
         audio = self.session.config.get("audio") or {}

@@ -33,17 +33,17 @@ from callgate.engines.base import (
     ToolCallDelta,
 )
 from callgate.log import event
+from callgate.media.formats import AudioFormat
 from callgate.realtime.items import Conversation
 from callgate.realtime.mcp import mcp_item
 from callgate.realtime.protocol import engine_error_event, new_id
-from callgate.realtime.session_config import voice_name
+from callgate.realtime.session_config import WIRE_AUDIO, voice_name
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24000
 # Audio deltas on the socket are cut to 200 ms: small enough for clients with a 1 MiB
 # frame limit (openai SDK 2.x), large enough to keep the event count low.
-MAX_DELTA_BYTES = SAMPLE_RATE * 2 // 5
+MAX_DELTA_BYTES = WIRE_AUDIO.byte_rate // 5
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -51,8 +51,13 @@ Emit = Callable[[dict[str, Any]], None]
 class AudioOutput(Protocol):
     """The phone line of a call session (backed by the call's MediaStream)."""
 
+    @property
+    def audio_format(self) -> AudioFormat:
+        """What :meth:`play` takes: the engine's ``line_audio`` for the call's codec."""
+        ...
+
     def play(self, pcm: bytes) -> None:
-        """Queue PCM16 24 kHz for paced playout."""
+        """Queue audio for paced playout."""
         ...
 
     def clear(self) -> int:
@@ -71,11 +76,12 @@ class Playback:
     response_id: str
     item_id: str
     content_index: int
-    sent_samples: int = 0
+    audio: AudioFormat = WIRE_AUDIO
+    sent_bytes: int = 0
 
     @property
     def sent_ms(self) -> int:
-        return self.sent_samples * 1000 // SAMPLE_RATE
+        return self.audio.ms(self.sent_bytes)
 
 
 @dataclass(slots=True)
@@ -161,7 +167,8 @@ class ResponseRun:
         self._items: list[dict[str, Any]] = []
         self._message: dict[str, Any] | None = None
         self._calls: dict[str, dict[str, Any]] = {}  # call_id -> its open function_call item
-        self._samples = 0
+        self._format = output.audio_format if output is not None else WIRE_AUDIO
+        self._bytes = 0
         self._audio_started = False
         self._engine_done: ResponseDone | None = None
 
@@ -171,7 +178,7 @@ class ResponseRun:
 
     @property
     def audio_ms(self) -> int:
-        return self._samples * 1000 // SAMPLE_RATE
+        return self._format.ms(self._bytes)
 
     def start(self) -> None:
         self.timeline.response_created = self._clock()
@@ -216,7 +223,7 @@ class ResponseRun:
                                     {"type": "text", "text": ""}))
         self._message = item
         if self.audio and self._output is not None:
-            self.playbacks.append(Playback(self.id, item["id"], 0))
+            self.playbacks.append(Playback(self.id, item["id"], 0, self._format))
         return item
 
     def _text(self, text: str) -> None:
@@ -235,9 +242,9 @@ class ResponseRun:
     def _audio(self, pcm: bytes) -> None:
         if not self.audio or not pcm:
             return
-        pcm = pcm[: len(pcm) - len(pcm) % 2]
+        pcm = pcm[: len(pcm) - len(pcm) % self._format.sample_width]
         item = self._open_message()
-        self._samples += len(pcm) // 2
+        self._bytes += len(pcm)
         self._conversation.set_output_audio_ms(item["id"], 0, self.audio_ms)
         if self._output is not None:
             if not self._audio_started:
@@ -245,7 +252,7 @@ class ResponseRun:
                 self._emit({"type": "output_audio_buffer.started", "response_id": self.id})
             if self.timeline.first_audio_out is None:
                 self.timeline.first_audio_out = self._clock()
-            self.playbacks[-1].sent_samples += len(pcm) // 2
+            self.playbacks[-1].sent_bytes += len(pcm)
             self._output.play(pcm)
             return
         if self.timeline.first_audio_out is None:

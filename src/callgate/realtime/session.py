@@ -22,6 +22,7 @@ from callgate.engines import denoise
 from callgate.engines.base import (
     Engine,
     EngineError,
+    EngineEvent,
     RelayedEvent,
     ResponseDone,
     Stage,
@@ -133,7 +134,9 @@ class RealtimeSession:
         await self.engine.start(to_engine_config(self.config))
         if not self.engine.duplex:
             self.mcp.configure(self.config["tools"])
-        if self.engine.duplex:
+        if self.engine.inline:
+            self.engine.attach(self._duplex_event)
+        elif self.engine.duplex:
             self.spawn(self._pump_duplex())
         elif self._end_of_turn is not None:
             # Load the end-of-turn model now, not at the caller's first pause.
@@ -226,7 +229,7 @@ class RealtimeSession:
 
     # --- caller audio ------------------------------------------------------------------------
     def feed_audio(self, pcm: bytes) -> None:
-        """One frame of caller audio (PCM16 24 kHz)."""
+        """One frame of caller audio, in the line's format (the engine's ``line_audio``)."""
         if self.closed or not pcm:
             return
         if self.engine.duplex:
@@ -517,22 +520,25 @@ class RealtimeSession:
         """Relay what a duplex engine says on its own, as responses of this session."""
         try:
             async for ev in self.engine.events():
-                if self.relay is not None:
-                    self.relay.engine_event(ev)
-                    continue
-                if isinstance(ev, RelayedEvent):
-                    self.emit(dict(ev.event))
-                    continue
-                if isinstance(ev, TranscriptDelta | TranscriptDone | Stage):
-                    continue
-                run = self.active
-                if run is None:
-                    if isinstance(ev, ResponseDone | EngineError):
-                        continue
-                    run = self.create_response(None, drive=False)
-                run.handle(ev)
-                if isinstance(ev, ResponseDone):
-                    run.finish_from_engine()
+                self._duplex_event(ev)
         except Exception:
             logger.exception("duplex engine stopped")
+
+    def _duplex_event(self, ev: EngineEvent) -> None:
+        if self.relay is not None:
+            self.relay.engine_event(ev)
+            return
+        if isinstance(ev, RelayedEvent):
+            self.emit(dict(ev.event))
+            return
+        if isinstance(ev, TranscriptDelta | TranscriptDone | Stage):
+            return
+        run = self.active
+        if run is None:
+            if isinstance(ev, ResponseDone | EngineError):
+                return
+            run = self.create_response(None, drive=False)
+        run.handle(ev)
+        if isinstance(ev, ResponseDone):
+            run.finish_from_engine()
 

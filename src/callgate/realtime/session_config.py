@@ -20,6 +20,7 @@ from openai.types.realtime.realtime_session_create_response import (
 
 from callgate.config import OPENAI_MODEL_PREFIXES
 from callgate.engines.base import Engine
+from callgate.media.formats import AudioFormat
 from callgate.realtime.protocol import ProtocolError
 
 # Whether two model names select the same engine (Settings.same_engine).
@@ -30,7 +31,9 @@ DEFAULT_INSTRUCTIONS = (
     "conversational, and speak naturally."
 )
 SESSION_LIFETIME_S = 60 * 60  # reported in expires_at, as OpenAI reports its session limit
-PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": 24000}
+# The WebSocket's audio: GA ``audio/pcm`` is PCM16 at 24 kHz (the only rate it allows).
+WIRE_AUDIO = AudioFormat.pcm(24000)
+PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": WIRE_AUDIO.rate}
 
 # Unlike OpenAI (off unless asked for), callgate transcribes every user turn anyway (its
 # language model reads text), so transcripts are shown by default; ``null`` turns them off.

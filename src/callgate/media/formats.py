@@ -1,0 +1,40 @@
+"""What a consumer of a call's audio takes and gives (kept apart from the codecs so that the
+engine side can name a format without loading any codec library)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["AudioFormat"]
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    """How a consumer of a call's audio takes and gives it: PCM16 LE mono at ``rate``, or
+    G.711 bytes (``pcmu``/``pcma``, the Realtime API's ``audio/pcmu`` and ``audio/pcma``)."""
+
+    encoding: Literal["pcm16", "pcmu", "pcma"]
+    rate: int
+
+    @classmethod
+    def pcm(cls, rate: int) -> AudioFormat:
+        return cls("pcm16", rate)
+
+    @property
+    def sample_width(self) -> int:
+        return 2 if self.encoding == "pcm16" else 1
+
+    @property
+    def byte_rate(self) -> int:
+        """Bytes per second."""
+        return self.sample_width * self.rate
+
+    def ms(self, size: int) -> int:
+        """Milliseconds of audio in ``size`` bytes."""
+        return size * 1000 // self.byte_rate
+
+    @property
+    def silence_byte(self) -> int:
+        # G.711's encodings of 0: μ-law 0xFF, A-law 0xD5 (ITU-T G.711 tables 1a and 2a).
+        return {"pcm16": 0, "pcmu": 0xFF, "pcma": 0xD5}[self.encoding]
