@@ -3,10 +3,10 @@
 It proves the audio path (RTP in, jitter buffer, session, paced RTP out) without any model, and
 it is what gateway-overhead benchmarks run on. It is duplex and takes a call's audio in the
 codec's own format (``line_audio``): G.711 comes back bit for bit, nothing is decoded or
-resampled, and every frame pushed in is handed straight back to the session (``attach``) so it
-leaves in the next packet. Without a session attached (a standalone socket reads ``events()``)
-frames wait in a bounded queue; when the reader falls behind, the oldest are dropped so the
-echo delay stays bounded.
+resampled, and every frame pushed in is handed straight back to the session (``attach``), so
+it leaves in the packet of the tick that played it out. Without a session attached (a reader
+of ``events()``) frames wait in a bounded queue; when the reader falls behind, the oldest are
+dropped so the echo delay stays bounded.
 """
 
 from __future__ import annotations
