@@ -31,6 +31,7 @@ from callgate.engines.base import Engine
 from callgate.log import event
 from callgate.media.codecs import codec_format
 from callgate.media.formats import AudioFormat
+from callgate.media.offer_answer import NegotiatedMedia
 from callgate.media.pacer import SendTick
 from callgate.media.ports import PortPool, PortsExhausted
 from callgate.media.stream import MediaStream
@@ -42,6 +43,14 @@ from callgate.sip import events as ev
 from callgate.sip.transport import SipTransportManager, is_ip
 
 logger = logging.getLogger("callgate.calls")
+
+
+def line_audio(engine: Engine, negotiated: NegotiatedMedia | None) -> AudioFormat:
+    """What ``engine`` takes and gives on a line with the ``negotiated`` codec (its own
+    sample rate while nothing is negotiated yet)."""
+    if negotiated is None:
+        return AudioFormat.pcm(engine.sample_rate)
+    return engine.line_audio(codec_format(negotiated.codec))
 
 
 class CallShell:
@@ -172,7 +181,7 @@ class CallShell:
             media, engine = self.media.get(action.call_id), self.engines.get(action.call_id)
             if media is not None and engine is not None:
                 media.start(action.negotiated, inline=engine.inline,
-                            audio=engine.line_audio(codec_format(action.negotiated.codec)))
+                            audio=line_audio(engine, action.negotiated))
                 media.answered()  # the core configures media only once the call is confirmed
         elif isinstance(action, act.StartSession):
             self.starting[action.call_id] = self.spawn(
@@ -465,13 +474,10 @@ class CallShell:
                                                    time.time()))
 
     def _line_audio(self, call_id: str) -> AudioFormat:
-        """What the call's engine takes and gives on its line, from the negotiated codec:
-        known from the answer on, while the media is configured only once the ACK came."""
-        engine = self.engines[call_id]
+        """The call's line audio as negotiated so far: known from the answer on, while the
+        media is configured only once the ACK came."""
         call = self._core().calls.get(call_id)
-        if call is None or call.negotiated is None:
-            return AudioFormat.pcm(engine.sample_rate)
-        return engine.line_audio(codec_format(call.negotiated.codec))
+        return line_audio(self.engines[call_id], call.negotiated if call else None)
 
     def _line_output(self, call_id: str) -> LineOutput:
         return LineOutput(self.media[call_id], lambda: self._line_audio(call_id))

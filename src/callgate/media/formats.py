@@ -33,8 +33,3 @@ class AudioFormat:
     def ms(self, size: int) -> int:
         """Milliseconds of audio in ``size`` bytes."""
         return size * 1000 // self.byte_rate
-
-    @property
-    def silence_byte(self) -> int:
-        # G.711's encodings of 0: μ-law 0xFF, A-law 0xD5 (ITU-T G.711 tables 1a and 2a).
-        return {"pcm16": 0, "pcmu": 0xFF, "pcma": 0xD5}[self.encoding]

@@ -148,7 +148,9 @@ class MediaSession:
             self._rx_resampler = Resampler(self._codec.sample_rate, audio.rate)
             self._rx_fifo.clear()
             self._rx_frame = audio.byte_rate * 20 // 1000
-            self._rx_silence = bytes([audio.silence_byte]) * self._rx_frame
+            # Passed through, the frame is the codec's own (same rate, same 20 ms).
+            self._rx_silence = (bytes(self._rx_frame) if audio.encoding == "pcm16"
+                                else self._codec.silence)
         codec = self._codec
         assert codec is not None
         self._sender.configure(codec, negotiated.codec.payload_type,

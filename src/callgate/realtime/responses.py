@@ -76,7 +76,7 @@ class Playback:
     response_id: str
     item_id: str
     content_index: int
-    audio: AudioFormat = WIRE_AUDIO
+    audio: AudioFormat  # the line's, which sets what a byte of it lasts
     sent_bytes: int = 0
 
     @property
