@@ -8,6 +8,11 @@ interval error of its outbound packets (|arrival gap - 20 ms|) p50/p99, loss (se
 and delivery (packets received / packets due by the clock), RSS per call, and the echo delay
 (RTP in -> RTP out). A level fails when the interval error p99 passes 5 ms, a packet is lost,
 or fewer than 99.9 % of the packets due arrive; the ramp stops at the first failure.
+
+``--upstream``: the calls run on the upstream-Realtime engine instead, callgate chained to
+callgate. The measured gateway (A) takes the calls and speaks ``audio/pcmu`` to a second callgate
+(B, the ``echo`` model on its ``/v1/realtime`` socket), so the μ-law payloads pass through both
+undecoded. B runs on the generator's core; its CPU is reported beside A's.
 """
 
 from __future__ import annotations
@@ -90,7 +95,8 @@ def _judge(window: dict[str, Any]) -> tuple[bool, str]:
 async def measure(gateway: common.Measured, levels: list[int], *, window_s: float,
                   settle_s: float, cps: float, profile_dir: Path | None = None,
                   profile_cpu: int | None = None, digital_silence: bool = False,
-                  inference: int = 0) -> dict[str, Any]:
+                  inference: int = 0, upstream: common.Measured | None = None
+                  ) -> dict[str, Any]:
     load = RtpLoad(digital_silence=digital_silence)
     talkers = InferenceLoad(gateway.http_port, inference) if inference else None
     caller = SipCaller(("127.0.0.1", gateway.sip_port), common.PROJECT_ID, media_port=load.port)
@@ -119,6 +125,7 @@ async def measure(gateway: common.Measured, levels: list[int], *, window_s: floa
             with common.profiled(gateway.pid, (profile_dir or Path()) / f"capacity-{n}.txt",
                                  enabled=profile_dir is not None, cpu=profile_cpu) as profile:
                 cpu_0, own_0, t0 = gateway.cpu_seconds(), os.times(), time.monotonic()
+                up_0 = upstream.cpu_seconds() if upstream is not None else 0.0
                 wait_0 = gateway.runqueue_wait_seconds()
                 load.begin_window()
                 await asyncio.sleep(window_s)
@@ -139,6 +146,9 @@ async def measure(gateway: common.Measured, levels: list[int], *, window_s: floa
                 "generator_cpu_percent": round(
                     100 * (own_1.user + own_1.system - own_0.user - own_0.system) / elapsed, 1),
                 "ended_by_gateway": caller.ended_by_gateway,
+                **({"upstream_cpu_percent": round(
+                    100 * (upstream.cpu_seconds() - up_0) / elapsed, 1)}
+                   if upstream is not None else {}),
                 "load_average": common.load_average(), **window}
             if profile:
                 row["profile"] = profile
@@ -200,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(--no-records: off, to measure what they cost)")
     parser.add_argument("--record-calls", action="store_true",
                         help="also record every call's audio to WAV")
+    parser.add_argument("--upstream", action="store_true",
+                        help="run the calls on the upstream-Realtime engine: the gateway "
+                             "chained to a second callgate's echo over G.711")
     args = parser.parse_args(argv)
     common.set_nice(args.nice)
     started = time.time()
@@ -210,20 +223,31 @@ def main(argv: list[str] | None = None) -> int:
     levels = args.levels or (QUICK_LEVELS if args.quick else LEVELS)
     window_s = args.window or (1.0 if args.quick else 10.0)
     settle_s = 0.5 if args.quick else 3.0
-    with tempfile.TemporaryDirectory(prefix="callgate-bench-capacity-") as tmp:
-        with common.callgate(Path(tmp), cpu=cpu, records=str(args.records).lower(),
-                             record_calls=str(args.record_calls).lower()) as gateway:
+    with tempfile.TemporaryDirectory(prefix="callgate-bench-capacity-") as tmp, \
+            contextlib.ExitStack() as stack:
+        settings = {"records": str(args.records).lower(),
+                    "record_calls": str(args.record_calls).lower()}
+        upstream = None
+        if args.upstream:
+            (Path(tmp) / "upstream").mkdir()
+            upstream = stack.enter_context(common.callgate(Path(tmp) / "upstream", cpu=load_cpu))
+            route = {"engine": "realtime", "model": "echo",
+                     "url": f"ws://127.0.0.1:{upstream.http_port}/v1/realtime"}
+            settings.update(models=json.dumps({"up": route}),
+                            default_session=json.dumps({"type": "realtime", "model": "up"}))
+        with common.callgate(Path(tmp), cpu=cpu, **settings) as gateway:
             measured = _run(measure(gateway, levels, window_s=window_s, settle_s=settle_s,
                                     cps=50.0, profile_dir=Path(tmp) if args.profile else None,
                                     profile_cpu=load_cpu, digital_silence=args.digital_silence,
-                                    inference=args.inference))
+                                    inference=args.inference, upstream=upstream))
             time.sleep(0.5)
         jitter = _jitter_delays(gateway.log_lines())
     best = measured["max_calls_passing"]
     at_best = next((r for r in measured["levels"] if r["calls"] == best), None)
     results: dict[str, Any] = {
-        "model": "echo" + (f" beside {args.inference} local-engine sessions"
-                           if args.inference else ""),
+        "model": ("upstream Realtime engine (audio/pcmu) to a second callgate's echo"
+                  if args.upstream else "echo")
+        + (f" beside {args.inference} local-engine sessions" if args.inference else ""),
         "codec": "PCMU", "ptime_ms": 20, "window_s": window_s,
         "call_records": args.records, "call_recordings": args.record_calls,
         "caller_audio": ("digital silence" if args.digital_silence else "line noise, -55 dBFS")

@@ -4,7 +4,8 @@ Two ``callgate serve`` processes. B is an ordinary gateway whose ``echo`` model 
 ``/v1/realtime`` WebSocket. A is the SIP front: its ``[models]`` table maps ``up`` to B's
 WebSocket (``engine = "realtime"``), and calls are auto-accepted on ``up``. A baresip caller
 speaks (espeak-ng) into a call to A; the audio travels caller → A (RTP, PCMU) → B
-(``input_audio_buffer.append``) → echo → A (``response.output_audio.delta``) → caller (RTP).
+(``input_audio_buffer.append``, ``audio/pcmu``) → echo → A (``response.output_audio.delta``)
+→ caller (RTP), the μ-law bytes undecoded all the way.
 The caller's recordings of what it sent and what it heard must match, shifted by the chain's
 delay. Meanwhile an application watches the call on A's sideband WebSocket with the official
 ``openai`` SDK: its ``session.update`` reaches B and B's ``session.updated`` comes back.
@@ -112,8 +113,8 @@ def test_audio_goes_through_callgate_chained_to_callgate(tmp_path: Path) -> None
     assert spans_heard, f"the caller heard nothing back; A's log:\n{a_log[-4000:]}"
     voiced = sum(e - s for s, e in spans_sent)
     assert abs(sum(e - s for s, e in spans_heard) - voiced) < 0.25 * voiced
-    # G.711 twice on the way: a waveform coder, so the echo must still correlate (as the
-    # media tests require of a direct echo call).
+    # The μ-law payloads pass through A, B and the echo undecoded; only the jitter buffers'
+    # concealment may touch them, so the echo must correlate (as for a direct echo call).
     assert chain.coefficient > 0.9, chain
     assert direct.coefficient > 0.9, direct
     added = chain.lag_ms - direct.lag_ms
@@ -131,4 +132,7 @@ def test_audio_goes_through_callgate_chained_to_callgate(tmp_path: Path) -> None
     # The application on A's sideband saw B's session, and its update went to B and back.
     assert sideband["created"]["session"]["id"] == call_upstream
     assert sideband["updated"]["session"]["id"] == call_upstream
+    # The PCMU call made A speak G.711 to B, both ways, whatever the application's update.
+    audio = sideband["updated"]["session"]["audio"]
+    assert audio["input"]["format"] == audio["output"]["format"] == {"type": "audio/pcmu"}
     assert "response.output_audio.delta" not in sideband["types"]

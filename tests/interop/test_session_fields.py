@@ -182,11 +182,15 @@ async def test_audio_settings_through_the_sdk() -> None:
         sdk = client(gw)
         async with sdk.realtime.connect(model="gpt-realtime") as conn:
             await events_until(conn, "session.created")
-            # a standalone socket carries 24 kHz PCM only (a phone call's codec is SDP's)
+            # a standalone socket carries PCM at 24 kHz or G.711 (a phone call's codec is SDP's)
+            await conn.session.update(session={"type": "realtime", "audio": {
+                "input": {"format": {"type": "audio/pcm", "rate": 16000}}}})  # type: ignore
+            error = (await events_until(conn, "error"))[-1]["error"]
+            assert error["param"] == "session.audio.input.format.rate"
             await conn.session.update(session={"type": "realtime", "audio": {
                 "input": {"format": {"type": "audio/pcmu"}}}})
-            error = (await events_until(conn, "error"))[-1]["error"]
-            assert error["param"] == "session.audio.input.format.type"
+            session = (await events_until(conn, "session.updated"))[-1]["session"]
+            assert session["audio"]["input"]["format"] == {"type": "audio/pcmu"}
             await conn.session.update(session={"type": "realtime", "audio": {
                 "input": {"turn_detection": None},
                 "output": {"voice": "marin", "speed": 1.25}}})

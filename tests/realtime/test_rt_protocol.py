@@ -7,10 +7,13 @@ import base64
 import json
 from typing import Any
 
+import numpy as np
 import pytest
+import soxr
 
 from callgate.engines.base import RelayedEvent
 from callgate.engines.echo import EchoEngine
+from callgate.media.g711 import alaw_decode, ulaw_encode
 from callgate.realtime.protocol import (
     CLIENT_EVENT_MODELS,
     MAX_EVENT_BYTES,
@@ -122,8 +125,9 @@ async def test_session_level_checks() -> None:
          "session.output_modalities"),
         ({"type": "realtime", "audio": {"output": {"speed": 3.0}}},
          "session.audio.output.speed"),
-        ({"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}},
-         "session.audio.input.format.type"),
+        ({"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm",
+                                                             "rate": 16000}}}},
+         "session.audio.input.format.rate"),
         ({"type": "realtime", "max_output_tokens": 5000}, "session.max_output_tokens"),
     ]:
         await session.handle_client_event(json.dumps({"type": "session.update",
@@ -251,6 +255,51 @@ async def test_duplex_echo_engine_call_and_standalone() -> None:
     delta, _ = await watcher.until("response.output_audio.delta")
     assert base64.b64decode(delta["delta"]) == tone(40)
     await alone.close("done")
+
+
+@pytest.mark.anyio
+async def test_standalone_g711_passes_through_echo() -> None:
+    """A socket speaking audio/pcmu to the echo engine: the bytes come back as they went."""
+    alone = RealtimeSession(config={"audio": {"input": {"format": {"type": "audio/pcmu"}},
+                                              "output": {"format": {"type": "audio/pcmu"}}}},
+                            engine=EchoEngine())
+    await alone.start()
+    watcher = Watcher(alone)
+    created = await watcher.next()
+    assert created["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    payload = bytes(np.random.default_rng(5).integers(0, 256, 161, dtype=np.uint8))
+    await alone.handle_client_event(json.dumps(  # an odd length is fine: one byte a sample
+        {"type": "input_audio_buffer.append", "audio": base64.b64encode(payload).decode()}))
+    delta, _ = await watcher.until("response.output_audio.delta")
+    assert base64.b64decode(delta["delta"]) == payload
+    await alone.close("done")
+
+
+@pytest.mark.anyio
+async def test_standalone_g711_converted_for_a_pcm_engine() -> None:
+    """μ-law in, A-law out, to an engine that takes and gives PCM16 at 24 kHz."""
+    engine = ScriptedEngine()
+    session = RealtimeSession(
+        config={"audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
+                          "output": {"format": {"type": "audio/pcma"}}}}, engine=engine)
+    await session.start()
+    watcher = Watcher(session)
+    await watcher.next()
+    heard_tone = tone(200)
+    ulaw = ulaw_encode(soxr.resample(np.frombuffer(heard_tone, "<i2"), 24000, 8000).tobytes())
+    await session.handle_client_event(json.dumps(
+        {"type": "input_audio_buffer.append", "audio": base64.b64encode(ulaw).decode()}))
+    await session.handle_client_event('{"type": "input_audio_buffer.commit"}')
+    await session.handle_client_event('{"type": "response.create"}')
+    _, seen = await watcher.until("response.done")
+    # The engine heard 200 ms at 24 kHz, and its 400 ms reply went out as 8 kHz A-law.
+    assert abs(len(engine.heard[0]) - len(heard_tone)) <= 48 * 5
+    sent = b"".join(base64.b64decode(ev["delta"]) for ev in seen
+                    if ev["type"] == "response.output_audio.delta")
+    assert 8 * 370 <= len(sent) <= 8 * 400
+    pcm = np.frombuffer(alaw_decode(sent), "<i2").astype(float)
+    assert 2000 < np.abs(pcm[400:-400]).max() < 3300  # the reply's tone, at its level
+    await session.close("done")
 
 
 @pytest.mark.anyio

@@ -459,6 +459,9 @@ class CallShell:
             self.sessions.add(rt)
         media.on_audio = rt.feed_audio
         media.on_dtmf = rt.dtmf
+        # The negotiated codec fixes the engine's line format before it starts (an upstream
+        # Realtime engine tells its server the format in its first session.update).
+        self._line_audio(call_id)
         try:
             await rt.start()
         except Exception as exc:

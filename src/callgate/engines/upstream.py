@@ -5,17 +5,19 @@ Azure's, or another callgate's ``/v1/realtime``); ``model`` goes in its ``?model
 ``api_key`` in ``Authorization: Bearer`` (openai-wire.md §3). The conversation, turn detection
 and responses all live upstream; this engine is a pipe with a little translation:
 
-* caller audio (``push_audio``, 20 ms frames) goes up as ``input_audio_buffer.append``,
-  base64 PCM16 at 24 kHz, in batches of :data:`BATCH_MS` (fewer events; each batch adds at
-  most that much delay before the upstream hears the end of a word);
+* caller audio (``push_audio``, 20 ms frames) goes up as ``input_audio_buffer.append`` in
+  batches of :data:`BATCH_MS` (fewer events; each batch adds at most that much delay before
+  the upstream hears the end of a word). A G.711 call speaks G.711 to the upstream
+  (``audio/pcmu``/``audio/pcma``, :meth:`line_audio`): the payloads pass through both ways
+  without being decoded; any other codec is carried as ``audio/pcm`` at 24 kHz;
 * every upstream server event comes back out of :meth:`events` as a :class:`RelayedEvent`, in
   order and unchanged; each ``response.output_audio.delta`` is followed by an
   :class:`AudioDelta` holding its decoded PCM. What the application sees of them is the
   session's choice (``realtime/relay.py``: a call's sideband gets no audio, as OpenAI's carries
   none; a standalone socket gets the deltas as they came);
 * the application's client events go up through :meth:`forward_client_event`. The phone line
-  is this side's, so its audio format stays ``audio/pcm`` at 24 kHz whatever a
-  ``session.update`` asks; the upstream model is the route's and is not changed either.
+  is this side's, so the upstream's audio format stays the one the call started with whatever
+  a ``session.update`` asks; the upstream model is the route's and is not changed either.
 
 Connecting happens before a call is answered (:meth:`connect`, from the engine registry): an
 unreachable or refusing upstream fails the ``accept`` with a clear message instead of
@@ -56,10 +58,12 @@ from callgate.engines.base import (
     TranscriptDone,
 )
 from callgate.log import event
+from callgate.media.convert import FormatConverter
+from callgate.media.formats import AudioFormat
 
 logger = logging.getLogger(__name__)
 
-PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": 24000}
+PCM_AUDIO = AudioFormat.pcm(24000)  # GA audio/pcm: PCM16 at 24 kHz only
 BATCH_MS = 40
 MAX_PENDING_AUDIO_MS = 2000  # older caller audio is worthless to a live conversation
 MAX_PENDING_EVENTS = 256
@@ -89,9 +93,10 @@ def upstream_url(url: str, model: str | None) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
-def upstream_session(session: dict[str, Any]) -> dict[str, Any]:
+def upstream_session(session: dict[str, Any], wire: AudioFormat = PCM_AUDIO
+                     ) -> dict[str, Any]:
     """The ``session`` of a ``session.update`` that gives the upstream ``session``'s settings,
-    with PCM at 24 kHz both ways (the engine's audio)."""
+    with ``wire`` audio both ways (what the engine sends and takes)."""
     out: dict[str, Any] = {"type": "realtime"}
     for key in _SESSION_FIELDS:
         if session.get(key) is not None:
@@ -99,9 +104,9 @@ def upstream_session(session: dict[str, Any]) -> dict[str, Any]:
     audio = session.get("audio") or {}
     given_in, given_out = audio.get("input") or {}, audio.get("output") or {}
     out["audio"] = {
-        "input": {"format": dict(PCM_FORMAT),
+        "input": {"format": wire.realtime_format(),
                   **{k: copy.deepcopy(given_in[k]) for k in _INPUT_FIELDS if k in given_in}},
-        "output": {"format": dict(PCM_FORMAT),
+        "output": {"format": wire.realtime_format(),
                    **{k: given_out[k] for k in _OUTPUT_FIELDS if given_out.get(k) is not None}},
     }
     return out
@@ -123,7 +128,10 @@ class UpstreamRealtimeEngine(Engine):
         self.upstream_session_id: str | None = None
         self.dropped_audio_ms = 0
         self._api_key = route.api_key
-        self._batch_bytes = 2 * self.sample_rate * batch_ms // 1000
+        self._batch_ms = batch_ms
+        self._wire: AudioFormat | None = None  # the upstream's audio, fixed by the first codec
+        self._up: FormatConverter | None = None  # line -> upstream, where they differ
+        self._down: FormatConverter | None = None
         self._connect_timeout = connect_timeout
         self._ws: ClientConnection | None = None
         self._first: dict[str, Any] | None = None  # the upstream's session.created
@@ -171,6 +179,24 @@ class UpstreamRealtimeEngine(Engine):
         event(logger, "upstream_connected", upstream=self.where,
               upstream_session_id=self.upstream_session_id)
 
+    def line_audio(self, codec: AudioFormat) -> AudioFormat:
+        # The first codec decides the upstream's format for the call (a Realtime session's
+        # format is not changed under audio already sent): G.711 as it is, anything else as
+        # PCM at 24 kHz. A later codec that differs is taken as PCM at the upstream's rate and
+        # converted here.
+        if self._wire is None:
+            self._wire = codec if codec.encoding != "pcm16" else PCM_AUDIO
+        line = codec if codec == self._wire else AudioFormat.pcm(self._wire.rate)
+        if self._up is None or self._up.source != line:
+            self._up, self._down = FormatConverter(line, self._wire), \
+                FormatConverter(self._wire, line)
+        return line
+
+    @property
+    def wire(self) -> AudioFormat:
+        """The audio exchanged with the upstream."""
+        return self._wire or PCM_AUDIO
+
     def _unavailable(self, why: str) -> UpstreamUnavailable:
         return UpstreamUnavailable(f"upstream realtime server {self.where}: {why}")
 
@@ -178,7 +204,9 @@ class UpstreamRealtimeEngine(Engine):
         if self._ws is None:
             await self.connect()
         # The session's settings go first, before any caller audio that came in meanwhile.
-        update = {"type": "session.update", "session": upstream_session(session)}
+        if self._wire is None:
+            self.line_audio(PCM_AUDIO)
+        update = {"type": "session.update", "session": upstream_session(session, self.wire)}
         self._outbox.appendleft((0, json.dumps(update, separators=(",", ":"))))
         self._pending_events += 1
         self._wake.set()
@@ -186,14 +214,14 @@ class UpstreamRealtimeEngine(Engine):
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
     async def update(self, session: dict[str, Any]) -> None:
-        self._send({"type": "session.update", "session": upstream_session(session)})
+        self._send({"type": "session.update", "session": upstream_session(session, self.wire)})
 
     # --- up: caller audio and client events ------------------------------------------------
     def push_audio(self, pcm: bytes) -> None:
         if self._closed or self._failure is not None or not pcm:
             return
-        self._audio += pcm
-        if len(self._audio) >= self._batch_bytes:
+        self._audio += self._up.process(pcm) if self._up is not None else pcm
+        if len(self._audio) >= self.wire.byte_rate * self._batch_ms // 1000:
             self._flush_audio()
 
     def _flush_audio(self) -> None:
@@ -205,7 +233,7 @@ class UpstreamRealtimeEngine(Engine):
                 + base64.b64encode(chunk).decode() + '"}')
         self._outbox.append((len(chunk), text))
         self._pending_audio += len(chunk)
-        limit = 2 * self.sample_rate * MAX_PENDING_AUDIO_MS // 1000
+        limit = self.wire.byte_rate * MAX_PENDING_AUDIO_MS // 1000
         while self._pending_audio > limit:
             self._drop_oldest_audio()
         self._wake.set()
@@ -215,7 +243,7 @@ class UpstreamRealtimeEngine(Engine):
             if size:
                 del self._outbox[index]
                 self._pending_audio -= size
-                self.dropped_audio_ms += size * 1000 // (2 * self.sample_rate)
+                self.dropped_audio_ms += self.wire.ms(size)
                 return
 
     def forward_client_event(self, ev: dict[str, Any]) -> None:
@@ -229,7 +257,7 @@ class UpstreamRealtimeEngine(Engine):
             session.pop("model", None)
             audio = session.setdefault("audio", {})
             for direction in ("input", "output"):
-                audio.setdefault(direction, {})["format"] = dict(PCM_FORMAT)
+                audio.setdefault(direction, {})["format"] = self.wire.realtime_format()
             ev = {**ev, "session": session}
         self._send(ev)
 
@@ -302,8 +330,10 @@ class UpstreamRealtimeEngine(Engine):
                 except (binascii.Error, ValueError):
                     event(logger, "upstream_bad_audio", logging.WARNING, upstream=self.where)
                     continue
+                if self._down is not None:
+                    pcm = self._down.process(pcm[: len(pcm) - len(pcm) % self.wire.sample_width])
                 if pcm:
-                    yield AudioDelta(pcm[: len(pcm) - len(pcm) % 2])
+                    yield AudioDelta(pcm)
 
     def _lost(self, exc: ConnectionClosed) -> EngineError:
         if self._failure is None:

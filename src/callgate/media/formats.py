@@ -4,7 +4,7 @@ engine side can name a format without loading any codec library)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["AudioFormat"]
 
@@ -20,6 +20,20 @@ class AudioFormat:
     @classmethod
     def pcm(cls, rate: int) -> AudioFormat:
         return cls("pcm16", rate)
+
+    @classmethod
+    def realtime(cls, fmt: dict[str, Any] | None) -> AudioFormat:
+        """The audio a Realtime ``format`` object (validated) stands for: GA ``audio/pcm`` is
+        PCM16 at 24 kHz (the only rate it allows), ``audio/pcmu``/``audio/pcma`` G.711 at
+        8 kHz."""
+        kind = (fmt or {}).get("type", "audio/pcm")
+        return cls.pcm(24000) if kind == "audio/pcm" else cls(kind.removeprefix("audio/"), 8000)
+
+    def realtime_format(self) -> dict[str, Any]:
+        """The Realtime ``format`` object for this audio (the inverse of :meth:`realtime`)."""
+        if self.encoding == "pcm16":
+            return {"type": "audio/pcm", "rate": self.rate}
+        return {"type": f"audio/{self.encoding}"}
 
     @property
     def sample_width(self) -> int:

@@ -18,6 +18,8 @@ __all__ = [
     "ULAW_ENCODE",
     "alaw_decode",
     "alaw_encode",
+    "from_pcm16",
+    "to_pcm16",
     "ulaw_decode",
     "ulaw_encode",
 ]
@@ -135,3 +137,12 @@ def to_pcm16(encoding: str, data: bytes) -> bytes:
     if encoding == "pcma":
         return alaw_decode(data)
     return data
+
+
+def from_pcm16(encoding: str, pcm: bytes) -> bytes:
+    """PCM16 as audio in an ``AudioFormat`` encoding (the inverse of :func:`to_pcm16`)."""
+    if encoding == "pcmu":
+        return ulaw_encode(pcm)
+    if encoding == "pcma":
+        return alaw_encode(pcm)
+    return pcm

@@ -41,7 +41,7 @@ async def dispatch(session: RealtimeSession, ev: ClientEvent) -> None:
 
 async def _session_update(session: RealtimeSession, ev: ClientEvent) -> None:
     update = ev.data["session"]
-    config = apply_update(session.config, update, standalone=session.output is None)
+    config = apply_update(session.config, update)
     if "model" in update:
         config["model"] = change_model(session.config["model"], update["model"],
                                        session.same_engine)
@@ -59,10 +59,7 @@ async def _append(session: RealtimeSession, ev: ClientEvent) -> None:
         pcm = base64.b64decode(ev.data["audio"], validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("'audio' is not valid base64.", param="audio") from None
-    if len(pcm) % 2:
-        raise ProtocolError("'audio' must hold whole PCM16 samples (an even byte count).",
-                            param="audio")
-    session.feed_audio(pcm)
+    session.feed_socket_audio(pcm)
 
 
 def _no_duplex(session: RealtimeSession, what: str) -> None:

@@ -33,6 +33,7 @@ from callgate.engines.base import (
     ToolCallDelta,
 )
 from callgate.log import event
+from callgate.media.convert import FormatConverter
 from callgate.media.formats import AudioFormat
 from callgate.realtime.items import Conversation
 from callgate.realtime.mcp import mcp_item
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 # Audio deltas on the socket are cut to 200 ms: small enough for clients with a 1 MiB
 # frame limit (openai SDK 2.x), large enough to keep the event count low.
-MAX_DELTA_BYTES = WIRE_AUDIO.byte_rate // 5
+MAX_DELTA_MS = 200
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -146,6 +147,7 @@ class ResponseRun:
 
     def __init__(self, *, params: ResponseParams, conversation: Conversation, emit: Emit,
                  output: AudioOutput | None, clock: Callable[[], float], timeline: Timeline,
+                 socket_audio: AudioFormat = WIRE_AUDIO,
                  on_done: Callable[[ResponseRun], None],
                  log_fields: dict[str, Any] | None = None,
                  mcp_tools: dict[str, dict[str, Any]] | None = None) -> None:
@@ -167,7 +169,12 @@ class ResponseRun:
         self._items: list[dict[str, Any]] = []
         self._message: dict[str, Any] | None = None
         self._calls: dict[str, dict[str, Any]] = {}  # call_id -> its open function_call item
-        self._format = output.audio_format if output is not None else WIRE_AUDIO
+        # What the engine gives: the line's format, or (``socket_audio``) what it gives a
+        # standalone session, converted to the response's format for the socket.
+        self._format = output.audio_format if output is not None else socket_audio
+        self._to_socket = (FormatConverter(socket_audio,
+                                           AudioFormat.realtime(params.audio_format))
+                           if output is None else None)
         self._bytes = 0
         self._audio_started = False
         self._engine_done: ResponseDone | None = None
@@ -257,8 +264,11 @@ class ResponseRun:
             return
         if self.timeline.first_audio_out is None:
             self.timeline.first_audio_out = self._clock()
-        for start in range(0, len(pcm), MAX_DELTA_BYTES):
-            chunk = pcm[start:start + MAX_DELTA_BYTES]
+        assert self._to_socket is not None
+        data = self._to_socket.process(pcm)
+        step = self._to_socket.target.byte_rate * MAX_DELTA_MS // 1000
+        for start in range(0, len(data), step):
+            chunk = data[start:start + step]
             self._emit(self._part_event("response.output_audio.delta", item,
                                         delta=base64.b64encode(chunk).decode()))
 

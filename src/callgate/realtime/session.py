@@ -1,7 +1,9 @@
 """A Realtime session: the conversation, turn-taking and responses of one call (or socket).
 
-Caller audio comes in through :meth:`RealtimeSession.feed_audio` (the phone line, 20 ms PCM16
-frames at 24 kHz) or ``input_audio_buffer.append`` (a standalone socket). For cascade engines
+Caller audio comes in through :meth:`RealtimeSession.feed_audio` (the phone line, 20 ms frames
+in the engine's ``line_audio``) or :meth:`RealtimeSession.feed_socket_audio`
+(``input_audio_buffer.append`` on a standalone socket, in the session's input format, converted
+to the engine's only where the two differ). For cascade engines
 the session detects turns itself, commits each one as a user item, has the engine transcribe
 it and, when turn detection says so, answer it. Duplex engines hear every frame and speak on
 their own; the session relays what they say. Server events fan out to every subscriber; the
@@ -31,6 +33,8 @@ from callgate.engines.base import (
 )
 from callgate.engines.vad import VoiceActivity
 from callgate.log import event
+from callgate.media.convert import FormatConverter
+from callgate.media.formats import AudioFormat
 from callgate.realtime import client_events
 from callgate.realtime.items import Conversation
 from callgate.realtime.mcp import McpTools, as_function_items
@@ -94,9 +98,10 @@ class RealtimeSession:
         self._vad = vad
         self._end_of_turn = end_of_turn
         self._denoiser: denoise.NoiseSuppressor | None = None
+        self._from_socket: FormatConverter | None = None  # standalone sessions only
         self.config = apply_update(
             default_session(self.session_id, str(config.get("model") or "local"), time.time()),
-            given, standalone=output is None)
+            given)
         self.config["model"] = str(config.get("model") or self.config["model"])
         # The gateway's own turn detection, while the client has not chosen one: see turns.py.
         chosen = "turn_detection" in (given.get("audio") or {}).get("input", {})
@@ -253,8 +258,29 @@ class RealtimeSession:
         if not detector.speaking:
             self.buffer.keep_last(detector.config.prefix_padding_ms)
 
+    def feed_socket_audio(self, data: bytes) -> None:
+        """Caller audio of a standalone session (``input_audio_buffer.append``), in the
+        session's input format; raises ProtocolError for a partial PCM16 sample."""
+        converter = self._from_socket
+        if converter is None:
+            raise ProtocolError("input_audio_buffer.append carries audio only on a session "
+                                "without a phone call: a call's audio comes from the line.",
+                                code="unsupported_for_session")
+        if converter.source.sample_width == 2 and len(data) % 2:
+            raise ProtocolError("'audio' must hold whole PCM16 samples (an even byte count).",
+                                param="audio")
+        self.feed_audio(converter.process(data))
+
+    @property
+    def engine_audio(self) -> AudioFormat:
+        """What the engine takes and gives on this session's socket (standalone sessions)."""
+        return self._from_socket.target if self._from_socket is not None else \
+            AudioFormat.pcm(self.engine.sample_rate)
+
     def reconfigure_turns(self) -> None:
-        """Set up the caller-audio path from the session: noise reduction, turn detection."""
+        """Set up the caller-audio path from the session: the socket's format, noise
+        reduction, turn detection."""
+        self._reconfigure_socket_audio()
         self._reconfigure_noise()
         turn_detection = self.config["audio"]["input"].get("turn_detection")
         default_profile = (turn_detection is not None
@@ -286,6 +312,14 @@ class RealtimeSession:
                    "audio_start_ms": turn.audio_start_ms, "item_id": self._speech_item})
         if self.detector.config.interrupt_response:
             self.interrupt("turn_detected")
+
+    def _reconfigure_socket_audio(self) -> None:
+        if self.output is not None:
+            return
+        given = AudioFormat.realtime(self.config["audio"]["input"].get("format"))
+        current = self._from_socket
+        if current is None or current.source != given:
+            self._from_socket = FormatConverter(given, self.engine.line_audio(given))
 
     def _reconfigure_noise(self) -> None:
         # Duplex engines get the raw audio: an upstream model applies its own noise_reduction.
@@ -425,7 +459,8 @@ class RealtimeSession:
         self._next_timeline = None
         run = ResponseRun(params=params or client_events.response_params(self, None),
                           conversation=self.conversation, emit=self.emit, output=self.output,
-                          clock=self._clock, timeline=timeline, on_done=self._response_done,
+                          socket_audio=self.engine_audio, clock=self._clock,
+                          timeline=timeline, on_done=self._response_done,
                           log_fields=self.log_fields)
         self.active = run
         self.last_response_id = run.id

@@ -31,9 +31,9 @@ DEFAULT_INSTRUCTIONS = (
     "conversational, and speak naturally."
 )
 SESSION_LIFETIME_S = 60 * 60  # reported in expires_at, as OpenAI reports its session limit
-# The WebSocket's audio: GA ``audio/pcm`` is PCM16 at 24 kHz (the only rate it allows).
+# The WebSocket's audio by default: GA ``audio/pcm``, PCM16 at 24 kHz.
 WIRE_AUDIO = AudioFormat.pcm(24000)
-PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": WIRE_AUDIO.rate}
+PCM_FORMAT: dict[str, Any] = WIRE_AUDIO.realtime_format()
 
 # Unlike OpenAI (off unless asked for), callgate transcribes every user turn anyway (its
 # language model reads text), so transcripts are shown by default; ``null`` turns them off.
@@ -76,15 +76,14 @@ def default_session(session_id: str, model: str, now_unix: float) -> dict[str, A
     }
 
 
-def apply_update(current: dict[str, Any], update: dict[str, Any], *,
-                 standalone: bool) -> dict[str, Any]:
+def apply_update(current: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """The session after ``update`` (validated ``session`` of a ``session.update``).
 
     ``model`` is left to :func:`change_model`: the engine behind a session is chosen once,
     when it starts.
-    Standalone sessions carry their audio on the socket and speak only ``audio/pcm`` at
-    24 kHz; call sessions get their audio from the phone line, whose codec SDP negotiated,
-    so any format is accepted there and only reported back.
+    Standalone sessions carry their audio on the socket in the format asked for
+    (``audio/pcm`` at 24 kHz, ``audio/pcmu``, ``audio/pcma``); call sessions get their audio
+    from the phone line, whose codec SDP negotiated, so the format is only reported back.
     """
     if update.get("type") != "realtime":
         raise ProtocolError("Only 'realtime' sessions are served here; transcription-only "
@@ -111,10 +110,6 @@ def apply_update(current: dict[str, Any], update: dict[str, Any], *,
             else:
                 target[key] = value
         fmt = target.get("format") or {}
-        if standalone and fmt.get("type", "audio/pcm") != "audio/pcm":
-            raise ProtocolError(f"{fmt.get('type')} is not supported on a session without a "
-                                "phone call; use audio/pcm at 24000 Hz.",
-                                param=f"session.audio.{direction}.format.type")
         if fmt.get("type", "audio/pcm") == "audio/pcm":
             target["format"] = dict(PCM_FORMAT)
     speed = new["audio"]["output"].get("speed")
