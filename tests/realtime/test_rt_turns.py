@@ -92,19 +92,65 @@ def semantic(eagerness: str = "auto") -> TurnDetector:
 
 def test_semantic_vad_asks_the_model_after_a_short_silence() -> None:
     detector = semantic()
-    events = feed_all(detector, silence(300) + tone(1000) + silence(200))
+    events = feed_all(detector, silence(3000) + tone(1000) + silence(200))
     assert [type(e) for e in events] == [SpeechStarted, Pause]
     check = events[1]
-    # The model hears what the VAD heard, at its rate: the speech and the silence after it.
+    assert not check.second
+    # The model hears what the VAD heard, at its rate: this turn from half a second before
+    # its speech, and the silence after it; not the three seconds of silence before.
     assert check.sample_rate == 16000
-    assert 1000 + 64 <= len(check.pcm) * 1000 // (2 * 16000) <= 1500
-    assert detector.verdict(check.pause_id, 0.2) is None  # not finished: keep listening
+    assert 500 + 1000 + 32 <= len(check.pcm) * 1000 // (2 * 16000) <= 500 + 1000 + 160
+    assert detector.verdict(check, 0.2) is None  # not finished: keep listening
     assert detector.speaking
-    stopped = detector.verdict(check.pause_id, 0.9)
+    stopped = detector.verdict(check, 0.95)  # auto: one answer this sure is enough
     assert isinstance(stopped, SpeechStopped) and not detector.speaking
-    assert 1300 <= stopped.speech_end_ms <= 1300 + 64
+    assert 4000 <= stopped.speech_end_ms <= 4000 + 64
     assert stopped.audio_end_ms == detector.position_ms
-    assert detector.verdict(check.pause_id, 0.9) is None  # answered once
+    assert detector.verdict(check, 0.95) is None  # answered once
+
+
+def next_event(detector: TurnDetector) -> Any:
+    """Silence, 10 ms at a time, up to the detector's next event."""
+    for _ in range(100):
+        if events := detector.feed(silence(10)):
+            assert len(events) == 1
+            return events[0]
+    raise AssertionError("no event")
+
+
+def test_semantic_vad_checks_a_less_sure_answer_again() -> None:
+    for second_answer, ends in ((0.6, True), (0.4, False)):
+        detector = semantic()
+        feed_all(detector, tone(1000))
+        first = next_event(detector)
+        assert isinstance(first, Pause)
+        # 0.8: not sure enough alone (0.9), so a second look one VAD frame later decides.
+        assert detector.verdict(first, 0.8) is None
+        second = next_event(detector)
+        assert isinstance(second, Pause) and second.second
+        assert second.pause_id == first.pause_id
+        assert len(second.pcm) > len(first.pcm)
+        verdict = detector.verdict(second, second_answer)  # mean 0.7 ends it, 0.6 does not
+        assert isinstance(verdict, SpeechStopped) if ends else verdict is None
+        assert detector.speaking is not ends
+        assert feed_all(detector, silence(200)) == []  # no third look
+
+
+def test_semantic_vad_second_look_when_the_first_answer_comes_late() -> None:
+    detector = semantic()
+    feed_all(detector, tone(1000))
+    first = next_event(detector)
+    assert isinstance(first, Pause)
+    assert feed_all(detector, silence(100)) == []  # the model is slow to answer
+    second = detector.verdict(first, 0.75)
+    assert isinstance(second, Pause) and second.second  # due already: asked at once
+    assert len(second.pcm) == len(first.pcm) + 2 * 512  # on the audio of one frame later
+    # A first answer that no second one could lift to the mean asks for none.
+    detector = semantic()
+    feed_all(detector, tone(1000))
+    first = next_event(detector)
+    assert detector.verdict(first, 0.35) is None
+    assert feed_all(detector, silence(200)) == []
 
 
 def test_semantic_vad_ignores_an_answer_that_speech_overtook() -> None:
@@ -112,11 +158,11 @@ def test_semantic_vad_ignores_an_answer_that_speech_overtook() -> None:
     check = feed_all(detector, tone(600) + silence(150))[-1]
     assert isinstance(check, Pause)
     feed_all(detector, tone(300))
-    assert detector.verdict(check.pause_id, 1.0) is None
+    assert detector.verdict(check, 1.0) is None
     # The next silence is judged afresh.
     again = feed_all(detector, silence(150))[-1]
     assert isinstance(again, Pause) and again.pause_id != check.pause_id
-    assert isinstance(detector.verdict(again.pause_id, 0.55), SpeechStopped)  # high: 0.5
+    assert isinstance(detector.verdict(again, 0.85), SpeechStopped)  # high: 0.8 at once
 
 
 def test_semantic_vad_longest_wait_ends_an_unfinished_turn() -> None:
@@ -282,8 +328,11 @@ async def test_semantic_vad_session_ends_the_turn_when_the_model_says_so() -> No
     stopped, events = await watcher.until("input_audio_buffer.speech_stopped")
     assert Watcher.types(events).count("input_audio_buffer.speech_started") == 0
     assert stopped["audio_end_ms"] == 500 + 300 + 500 + 150  # no more silence was needed
-    # Loaded (a 100 ms warm-up) when the session started, then asked at each pause.
-    assert len(asked) == 3 and asked[0] == 100 and asked[1] < asked[2]
+    # Loaded (a 100 ms warm-up) when the session started, then asked at each pause; 0.1 at
+    # "high" (a mean of 0.5 ends the turn) wants a second look, on the audio 32 ms later
+    # although the whole pause had been fed before the first answer came.
+    assert len(asked) == 4 and asked[0] == 100, asked
+    assert asked[2] == asked[1] + 32 and asked[3] > asked[2] + 500, asked
     await watcher.until("response.done")
 
 

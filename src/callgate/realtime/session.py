@@ -336,7 +336,7 @@ class RealtimeSession:
         whether that was all."""
         if detector.config.complete_at is not None and self._end_of_turn is not None:
             self.spawn(self._judge_turn(detector, pause))
-        if self._speech_item is not None:
+        if self._speech_item is not None and not pause.second:
             self._early.paused(self._speech_item, pause.pause_id, self.buffer.peek())
 
     async def _warm_end_of_turn(self, model: EndOfTurnModel) -> None:
@@ -357,11 +357,13 @@ class RealtimeSession:
             return
         if self.closed or detector is not self.detector:
             return
-        stopped = detector.verdict(check.pause_id, probability)
-        event(logger, "end_of_turn_checked", **self.log_fields,
-              probability=round(probability, 3), ended=stopped is not None)
-        if stopped is not None:
-            self._speech_stopped(stopped)
+        verdict = detector.verdict(check, probability)
+        event(logger, "end_of_turn_checked", **self.log_fields, second=check.second,
+              probability=round(probability, 3), ended=isinstance(verdict, SpeechStopped))
+        if isinstance(verdict, SpeechStopped):
+            self._speech_stopped(verdict)
+        elif isinstance(verdict, Pause):
+            self._caller_paused(detector, verdict)
 
     def _speech_stopped(self, turn: SpeechStopped) -> None:
         assert self.detector is not None
