@@ -240,3 +240,31 @@ def test_an_ended_call_kept_among_the_recent_holds_no_session_or_media() -> None
     gc.collect()
     assert watch.find("rtc_9") is not None
     assert session() is None and media() is None
+
+
+def test_live_calls_are_sampled_a_slice_at_a_time() -> None:
+    # Sampling every call in one go held the event loop long enough to upset the media tick's
+    # pacing at a few hundred calls: each slice takes its share, and together they take all.
+    async def run() -> None:
+        metrics = GatewayMetrics()
+        watch = CallWatch(metrics=metrics, model_label=lambda m: m)
+        observers = Observers(watch)
+        media = {f"rtc_{n}": FakeMedia() for n in range(7)}
+        for call_id, stream in media.items():
+            observers.call_event(CallStarted(call_id, f"{call_id}@peer", "inbound", "sip:a@t",
+                                             "sip:proj@gw", 100.0, "ringing"))
+            observers.call_event(CallAnswered(call_id, "local", "PCMU", 100.05, stream,
+                                              FakeSession(), AudioFormat.pcm(24000)))
+            stream.stats["packets_in"] = 50
+        packets_in = ("callgate_rtp_packets_total", (("direction", "in"),))
+        seen = []
+        for part in range(3):
+            watch.sample_all(part, 3)
+            seen.append(samples(metrics)[packets_in])
+        assert seen == [3 * 50, 5 * 50, 7 * 50]  # calls 0, 3, 6; then 1, 4; then 2, 5
+        assert all(watch.calls[call_id].quality["packets_in"] == 50 for call_id in media)
+        watch.sample_all()  # no new packets: a second sample adds nothing
+        assert samples(metrics)[packets_in] == 7 * 50
+        await watch.close()
+
+    asyncio.run(run())

@@ -43,6 +43,9 @@ from callgate.observe.recording import StereoRecorder
 logger = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL = 1.0   # seconds between media statistics samples of a live call
+# The calls are sampled a slice at a time, spread over the interval: sampling 300 calls at once
+# held the event loop for long enough to push the media tick's pacing p99 from 2.4 to 5.4 ms.
+SAMPLE_SLICES = 25
 RECENT_CALLS = 200      # finished calls kept in memory for the console
 VIEWER_QUEUE = 1000     # updates queued for one console viewer before it is cut off
 
@@ -348,13 +351,18 @@ class CallWatch:
             self._sampler = asyncio.get_running_loop().create_task(self._sample_loop())
 
     async def _sample_loop(self) -> None:
+        part = 0
         while self.calls:
-            await asyncio.sleep(SAMPLE_INTERVAL)
-            self.sample_all()
+            await asyncio.sleep(SAMPLE_INTERVAL / SAMPLE_SLICES)
+            self.sample_all(part, SAMPLE_SLICES)
+            part = (part + 1) % SAMPLE_SLICES
 
-    def sample_all(self) -> None:
-        """Each live call's media statistics into metrics, its record and the viewers."""
-        for call in list(self.calls.values()):
+    def sample_all(self, part: int = 0, parts: int = 1) -> None:
+        """Live calls' media statistics into metrics, their records and the viewers: slice
+        ``part`` of ``parts`` of them (all by default). A call that ends or starts between
+        two slices may be sampled twice or skipped once in an interval; its counters are
+        cumulative, so nothing is lost."""
+        for call in list(self.calls.values())[part::parts]:
             if call.media is not None:
                 self._sample(call)
                 update: dict[str, Any] = {"call_id": call.id, "quality": call.quality}
