@@ -66,6 +66,15 @@ class RecordStore:
         self._on_dropped = on_dropped
         self._writer: asyncio.Task[None] | None = None
         self.written = 0
+        # One statement for every batch, its values bound per row: SQLAlchemy compiles it once
+        # and the driver runs the batch as one executemany. A statement built per record, with
+        # its values inline, cost more of the gateway's core than the calls' SIP at 200 call
+        # setups a second (its coercions on the loop, one driver round trip per record).
+        insert = (postgresql.insert(calls) if self.engine.dialect.name == "postgresql"
+                  else sqlite.insert(calls))
+        self._upsert = insert.on_conflict_do_update(
+            index_elements=[calls.c.id],
+            set_={c.name: insert.excluded[c.name] for c in calls.columns if c.name != "id"})
 
     async def open(self) -> None:
         """Migrate the schema and start the writer. A database that cannot be reached is
@@ -113,8 +122,7 @@ class RecordStore:
                     if not migrated:  # the database may have been down at start
                         await conn.run_sync(migrate)
                         migrated = True
-                    for record in latest.values():
-                        await conn.execute(self._upsert(record))
+                    await conn.execute(self._upsert, [to_row(r) for r in latest.values()])
                 self.written += len(latest)
             except Exception as exc:
                 event(logger, "records.write_failed", logging.ERROR, url=_safe(self.url),
@@ -124,14 +132,6 @@ class RecordStore:
             finally:
                 for _ in batch:
                     self._queue.task_done()
-
-    def _upsert(self, record: dict[str, Any]) -> Any:
-        row = to_row(record)
-        insert = (postgresql.insert(calls) if self.engine.dialect.name == "postgresql"
-                  else sqlite.insert(calls))
-        stmt = insert.values(**row)
-        return stmt.on_conflict_do_update(index_elements=[calls.c.id],
-                                          set_={k: v for k, v in row.items() if k != "id"})
 
     def _dropped(self, reason: str, count: int) -> None:
         if self._on_dropped is not None:
