@@ -1,8 +1,9 @@
 """Blocking work off the event loop, and closing nested streams promptly.
 
 Model inference runs in worker processes (:mod:`callgate.engines.supervisor`); what little
-blocking work stays in the gateway (loading the Silero VAD model at start) runs on one
-dedicated pool rather than the loop's default executor, which DNS lookups and file I/O share.
+blocking work stays in the gateway (loading the Silero VAD model at start, creating a call's
+noise suppressor) runs on one dedicated pool rather than the loop's default executor, which
+DNS lookups and file I/O share.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from callgate.engines.base import (
     TranscriptDelta,
     TranscriptDone,
 )
+from callgate.engines.threads import run_blocking
 from callgate.engines.vad import VoiceActivity
 from callgate.log import event
 from callgate.media.convert import FormatConverter
@@ -360,7 +361,7 @@ class RealtimeSession:
     async def _load_denoiser(self, mode: str) -> None:
         # Creating DeepFilterNet's state takes ~0.25 s: on the loop it would stall every call.
         try:
-            suppressor = await asyncio.to_thread(self._new_denoiser, mode)
+            suppressor = await run_blocking(self._new_denoiser, mode)
         finally:
             self._denoiser_loading = None
         self._install_denoiser(suppressor)
