@@ -24,6 +24,14 @@ def espeak(text: str, rate: int = 24000, *, lead_silence: float = 0.0) -> bytes:
     return np.concatenate([silence, audio]).astype("<i2").tobytes()
 
 
+# The spoken test questions (espeak-ng says them in the tests).
+QUESTIONS = ["What is the capital of France?", "How many days are there in a week?",
+             "What color is the sky on a clear day?", "Which time zone is London in?",
+             "What is two plus two?", "Which planet is closest to the sun?",
+             "How far away is the moon?", "Who wrote the play Hamlet?",
+             "What is the weather like today?", "Can you book a table for two tonight?"]
+
+
 def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z']+", text.lower()))
 

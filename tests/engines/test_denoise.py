@@ -13,8 +13,7 @@ from callgate.engines.stt import WhisperTranscriber
 from callgate.realtime.session import RealtimeSession
 from tests.realtime.doubles import EnergyVad, ScriptedEngine, frames
 
-from .audio import espeak, street_noise, word_error_rate
-from .test_stt import QUESTIONS
+from .audio import QUESTIONS, espeak, street_noise, word_error_rate
 
 
 def suppress(pcm: bytes, mode: str = "near_field") -> bytes:
@@ -62,7 +61,7 @@ async def through_session(pcm: bytes, reduction: dict[str, str] | None) -> bytes
                                                           "noise_reduction": reduction}}},
                               engine=ScriptedEngine(), vad=EnergyVad())
     async with asyncio.timeout(10):
-        while reduction is not None and not session.noise_reduction_active:
+        while reduction is not None and not session.noise.active:
             await asyncio.sleep(0.01)
     for frame in frames(pcm):
         session.feed_audio(frame)

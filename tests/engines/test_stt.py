@@ -14,7 +14,7 @@ from callgate.engines.stt import (
     to_whisper_audio,
 )
 
-from .audio import espeak, word_error_rate, words
+from .audio import QUESTIONS, espeak, word_error_rate, words
 from .peer import closed_port_url
 
 pytestmark = pytest.mark.slow
@@ -58,13 +58,6 @@ def test_a_size_that_is_not_shipped_fails_clearly_offline() -> None:
 def test_an_unknown_size_names_the_known_ones() -> None:
     with pytest.raises(ModelUnavailable, match="large-v3"):
         model_path("gigantic")
-
-
-QUESTIONS = ["What is the capital of France?", "How many days are there in a week?",
-             "What color is the sky on a clear day?", "Which time zone is London in?",
-             "What is two plus two?", "Which planet is closest to the sun?",
-             "How far away is the moon?", "Who wrote the play Hamlet?",
-             "What is the weather like today?", "Can you book a table for two tonight?"]
 
 
 def test_the_fitted_window_is_as_accurate_as_the_30_s_one() -> None:

@@ -421,7 +421,7 @@ async def test_noise_reduction_null_leaves_caller_audio_bit_for_bit() -> None:
                                         "noise_reduction": reduction}}},
             engine=ScriptedEngine(), vad=EnergyVad())
         async with asyncio.timeout(10):  # the suppressor is created off the event loop
-            while reduction is not None and not session.noise_reduction_active:
+            while reduction is not None and not session.noise.active:
                 await asyncio.sleep(0.01)
         feed(session, pcm)
         heard[None if reduction is None else reduction["type"]] = session.buffer.take()

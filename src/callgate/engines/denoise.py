@@ -48,7 +48,11 @@ _FLOATS = ctypes.POINTER(ctypes.c_float)
 def mode_of(reduction: Any) -> str | None:
     """The suppressor mode a session's ``audio.input.noise_reduction`` asks for (None: off)."""
     mode = reduction.get("type") if isinstance(reduction, dict) else None
-    if mode is not None and mode not in ATTENUATION_DB:
+    return None if mode is None else _checked(mode)
+
+
+def _checked(mode: str) -> str:
+    if mode not in ATTENUATION_DB:
         raise ValueError(f"noise reduction type must be one of {', '.join(ATTENUATION_DB)}")
     return mode
 
@@ -92,7 +96,8 @@ class NoiseSuppressor:
         library, model = runtime_paths()
         with _LOCK:
             self._lib = _load(library)
-        self._state = self._lib.df_create(str(model).encode(), ATTENUATION_DB[mode], None)
+        self._state = self._lib.df_create(str(model).encode(), ATTENUATION_DB[_checked(mode)],
+                                          None)
         if not self._state:
             raise ModelUnavailable(f"DeepFilterNet could not load its model from {model}")
         if self._lib.df_get_frame_length(self._state) != _FRAME:
@@ -119,9 +124,7 @@ class NoiseSuppressor:
 
     @mode.setter
     def mode(self, mode: str) -> None:
-        if mode not in ATTENUATION_DB:
-            raise ValueError(f"noise reduction type must be one of {', '.join(ATTENUATION_DB)}")
-        self._lib.df_set_atten_lim(self._state, ATTENUATION_DB[mode])
+        self._lib.df_set_atten_lim(self._state, ATTENUATION_DB[_checked(mode)])
         self._mode = mode
 
     def process(self, pcm: bytes) -> bytes:

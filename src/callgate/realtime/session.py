@@ -31,7 +31,6 @@ from callgate.engines.base import (
     TranscriptDelta,
     TranscriptDone,
 )
-from callgate.engines.threads import run_blocking
 from callgate.engines.vad import VoiceActivity
 from callgate.log import event
 from callgate.media.convert import FormatConverter
@@ -39,6 +38,7 @@ from callgate.media.formats import AudioFormat
 from callgate.realtime import client_events
 from callgate.realtime.items import Conversation
 from callgate.realtime.mcp import McpTools, as_function_items
+from callgate.realtime.noise import NoiseReduction
 from callgate.realtime.playback import LinePlayback
 from callgate.realtime.protocol import ProtocolError, new_id, parse_client_event, validate_session
 from callgate.realtime.relay import Relay, RelayEngine
@@ -98,8 +98,7 @@ class RealtimeSession:
         self._clock = clock
         self._vad = vad
         self._end_of_turn = end_of_turn
-        self._denoiser: denoise.NoiseSuppressor | None = None
-        self._denoiser_loading: asyncio.Task[None] | None = None
+        self.noise = NoiseReduction(self.spawn, self.log_fields)
         self._from_socket: FormatConverter | None = None  # standalone sessions only
         self.config = apply_update(
             default_session(self.session_id, str(config.get("model") or "local"), time.time()),
@@ -165,8 +164,7 @@ class RealtimeSession:
         await asyncio.gather(*tasks, return_exceptions=True)
         for sub in list(self._subscribers):
             sub.close()
-        if self._denoiser is not None:
-            self._denoiser.close()
+        self.noise.close()
         try:
             await self.engine.aclose()
         finally:
@@ -242,8 +240,7 @@ class RealtimeSession:
         if self.engine.duplex:
             self.engine.push_audio(pcm)
             return
-        if self._denoiser is not None:
-            pcm = self._denoiser.process(pcm)
+        pcm = self.noise.process(pcm)
         self.buffer.append(pcm)
         detector = self.detector
         if detector is None:
@@ -323,59 +320,10 @@ class RealtimeSession:
         if current is None or current.source != given:
             self._from_socket = FormatConverter(given, self.engine.line_audio(given))
 
-    def _noise_mode(self) -> str | None:
-        # Duplex engines get the raw audio: an upstream model applies its own noise_reduction.
-        return None if self.engine.duplex else \
-            denoise.mode_of(self.config["audio"]["input"].get("noise_reduction"))
-
     def _reconfigure_noise(self) -> None:
-        mode = self._noise_mode()
-        if mode is None:
-            if self._denoiser is not None:
-                self._denoiser.close()
-                self._denoiser = None
-        elif self._denoiser is not None:
-            self._denoiser.mode = mode
-        elif self._denoiser_loading is None:
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:  # no event loop to hold up: create it here
-                self._install_denoiser(self._new_denoiser(mode))
-                return
-            self._denoiser_loading = self.spawn(self._load_denoiser(mode))
-
-    @property
-    def noise_reduction_active(self) -> bool:
-        """The suppressor is running on caller audio (it starts a moment after it was
-        asked for; the audio before passes unchanged)."""
-        return self._denoiser is not None
-
-    def _new_denoiser(self, mode: str) -> denoise.NoiseSuppressor | None:
-        try:
-            return denoise.NoiseSuppressor(mode)
-        except Exception as exc:
-            event(logger, "noise_reduction_unavailable", logging.WARNING, **self.log_fields,
-                  error=str(exc))
-            return None
-
-    async def _load_denoiser(self, mode: str) -> None:
-        # Creating DeepFilterNet's state takes ~0.25 s: on the loop it would stall every call.
-        try:
-            suppressor = await run_blocking(self._new_denoiser, mode)
-        finally:
-            self._denoiser_loading = None
-        self._install_denoiser(suppressor)
-
-    def _install_denoiser(self, suppressor: denoise.NoiseSuppressor | None) -> None:
-        if suppressor is None:
-            return
-        mode = None if self.closed else self._noise_mode()  # the client may have changed it
-        if mode is None or self._denoiser is not None:
-            suppressor.close()
-            return
-        suppressor.mode = mode
-        self._denoiser = suppressor
-        event(logger, "noise_reduction_started", **self.log_fields, mode=mode)
+        # Duplex engines get the raw audio: an upstream model applies its own noise_reduction.
+        self.noise.configure(None if self.engine.duplex else denoise.mode_of(
+            self.config["audio"]["input"].get("noise_reduction")))
 
     def _caller_paused(self, detector: TurnDetector, pause: Pause) -> None:
         """Start transcribing what the caller said so far; with semantic_vad, ask the model
