@@ -13,8 +13,9 @@ from callgate.engines.stt import (
     model_path,
     to_whisper_audio,
 )
+from callgate.media.g711 import ulaw_decode, ulaw_encode
 
-from .audio import QUESTIONS, espeak, word_error_rate, words
+from .audio import QUESTIONS, espeak, seconds, word_error_rate, words
 from .peer import closed_port_url
 
 pytestmark = pytest.mark.slow
@@ -32,6 +33,22 @@ def test_an_espeak_question_is_transcribed() -> None:
     assert deltas and "".join(deltas).strip() == items[-1].text
     # (Accuracy over many questions: test_the_fitted_window_is_as_accurate_as_the_30_s_one.)
     assert len({"what", "weather", "like", "today"} & words(items[-1].text)) >= 3
+
+
+def test_a_misheard_clip_cannot_loop_for_longer_than_it_was_spoken() -> None:
+    # Whisper tiny hears this question, after a phone line's μ-law, as "1, 2, 3, 3, 3, ..."
+    # and, uncapped, repeats itself until its 224-token limit: 0.6 s and a page of text
+    # where 1.5 s of speech holds a dozen words.
+    spoken = espeak("What is two plus two?", 8000, lead_silence=0.15) + bytes(2 * 400)
+    pcm = ulaw_decode(ulaw_encode(spoken))
+
+    async def main() -> str:
+        items = [item async for item in WhisperTranscriber().transcribe(pcm, 8000)]
+        assert isinstance(items[-1], TranscriptDone)
+        return items[-1].text
+
+    text = asyncio.run(main())
+    assert len(text.split()) <= 4 * seconds(pcm, 8000) + 3, text
 
 
 def test_other_rates_are_resampled() -> None:

@@ -41,6 +41,11 @@ _HOP = 160  # samples per log-mel frame
 _FULL_FRAMES = 3000  # Whisper's 30 s window
 _MIN_FRAMES = 1500  # 15 s: see above
 _MAX_TOKENS = 224  # Whisper's own cap for one window's text
+# Nobody says more than this in a second (fast speech is 4-6 tokens), so a clip's text is
+# capped by its length. On a misheard clip Whisper tiny can loop ("1 in 2, 1 in 2, ...") up to
+# _MAX_TOKENS: 0.7 s of decoding instead of 0.15 s, and a page of garbage for the LLM to read.
+_TOKENS_PER_S = 10
+_TOKENS_SLACK = 6
 SHIPPED_NAMES = frozenset({"tiny", "tiny.en"})
 _LOCK = threading.Lock()
 
@@ -176,7 +181,9 @@ def fitted_window_text(model: Any, audio: np.ndarray[Any, np.dtype[np.float32]],
     tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
                           language=language if model.model.is_multilingual else None)
     prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-    result = model.model.generate(encoded, [prompt], beam_size=1, max_length=_MAX_TOKENS,
+    spoken = _TOKENS_SLACK + _TOKENS_PER_S * len(audio) // WHISPER_RATE
+    result = model.model.generate(encoded, [prompt], beam_size=1,
+                                  max_length=min(_MAX_TOKENS, len(prompt) + spoken),
                                   suppress_blank=True, suppress_tokens=[-1])
     return str(tokenizer.decode(result[0].sequences_ids[0])).strip()
 
