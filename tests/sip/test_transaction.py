@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from callgate.sip.events import Addr, Event, ResponseReceived, TransactionTimeout, TxKey
+from callgate.sip.headers import Headers
 from callgate.sip.message import Request, Response, make_response, parse_message
 from callgate.sip.transaction import (
     ClientInviteTransaction,
@@ -21,6 +22,7 @@ from callgate.sip.transaction import (
     is_rfc3261_branch,
     server_key,
 )
+from callgate.sip.uri import SipUri
 
 PEER: Addr = ("192.0.2.7", 5060)
 CONFIG = TimerConfig()
@@ -238,7 +240,7 @@ def test_non_invite_client_proceeding_retransmits_every_t2() -> None:
     sink = Sink()
     tx = client_non_invite(sink)
     tx.handle_timer(0.5)
-    tx.on_response(response(tx.request, 100), 0.6)
+    tx.on_response(response(request("BYE", to_tag="b1"), 100), 0.6)
     assert state(tx) is TxState.PROCEEDING
     assert run_until(tx, 10.0) == [1.5, 5.5, 9.5]
 
@@ -246,7 +248,7 @@ def test_non_invite_client_proceeding_retransmits_every_t2() -> None:
 def test_non_invite_client_completed_absorbs_then_timer_k() -> None:
     sink = Sink()
     tx = client_non_invite(sink)
-    ok = response(tx.request, 200)
+    ok = response(request("BYE", to_tag="b1"), 200)
     tx.on_response(ok, 0.2)
     tx.on_response(ok, 0.4)
     assert sum(isinstance(e, ResponseReceived) for e in sink.events) == 1
@@ -258,7 +260,7 @@ def test_non_invite_client_over_tcp() -> None:
     sink = Sink()
     tx = client_non_invite(sink, "tls")
     assert tx.next_deadline() == 32.0  # F only
-    tx.on_response(response(tx.request, 200), 0.2)
+    tx.on_response(response(request("BYE", to_tag="b1"), 200), 0.2)
     assert state(tx) is TxState.TERMINATED  # K = 0
 
 
@@ -273,25 +275,26 @@ def test_transport_error_fails_the_transaction() -> None:
 # -- INVITE server (§17.2.1, RFC 6026) ---------------------------------------------------------
 
 
-def server_invite(sink: Sink, transport: str = "udp") -> ServerInviteTransaction:
+def server_invite(sink: Sink, transport: str = "udp"
+                  ) -> tuple[ServerInviteTransaction, Request]:
     req = request()
-    return ServerInviteTransaction(server_key(req), req, PEER, transport, CONFIG, sink)
+    return ServerInviteTransaction(server_key(req), req, PEER, transport, CONFIG, sink), req
 
 
 def test_invite_server_repeats_last_provisional_on_retransmission() -> None:
     sink = Sink()
-    tx = server_invite(sink)
-    tx.on_request(tx.request, 0.1)
+    tx, req = server_invite(sink)
+    tx.on_request(req, 0.1)
     assert sink.sent == []  # nothing sent yet, nothing to repeat
-    assert tx.send_response(response(tx.request, 180), 0.2)
-    tx.on_request(tx.request, 0.7)
+    assert tx.send_response(response(req, 180), 0.2)
+    tx.on_request(req, 0.7)
     assert len(sink.sent) == 2 and sink.sent[0] == sink.sent[1]
 
 
 def test_invite_server_timer_g_caps_at_t2_and_timer_h() -> None:
     sink = Sink()
-    tx = server_invite(sink)
-    tx.send_response(response(tx.request, 486), 0.0)
+    tx, req = server_invite(sink)
+    tx.send_response(response(req, 486), 0.0)
     fired = run_until(tx, 100.0)
     assert fired == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5, 32.0]
     assert len(sink.sent) == 11
@@ -300,9 +303,9 @@ def test_invite_server_timer_g_caps_at_t2_and_timer_h() -> None:
 
 def test_invite_server_ack_confirms_then_timer_i() -> None:
     sink = Sink()
-    tx = server_invite(sink)
-    tx.send_response(response(tx.request, 404), 0.0)
-    tx.on_request(tx.request, 0.2)  # INVITE retransmission: the 404 again
+    tx, req = server_invite(sink)
+    tx.send_response(response(req, 404), 0.0)
+    tx.on_request(req, 0.2)  # INVITE retransmission: the 404 again
     assert len(sink.sent) == 2
     assert tx.on_ack(0.3) is False
     assert state(tx) is TxState.CONFIRMED
@@ -313,8 +316,8 @@ def test_invite_server_ack_confirms_then_timer_i() -> None:
 
 def test_invite_server_over_tcp_ends_on_ack() -> None:
     sink = Sink()
-    tx = server_invite(sink, "tcp")
-    tx.send_response(response(tx.request, 603), 0.0)
+    tx, req = server_invite(sink, "tcp")
+    tx.send_response(response(req, 603), 0.0)
     assert tx.next_deadline() == 32.0  # H only, no G
     tx.on_ack(0.1)
     assert state(tx) is TxState.TERMINATED
@@ -322,55 +325,71 @@ def test_invite_server_over_tcp_ends_on_ack() -> None:
 
 def test_invite_server_accepted_state() -> None:
     sink = Sink()
-    tx = server_invite(sink)
-    ok = response(tx.request, 200)
+    tx, req = server_invite(sink)
+    ok = response(req, 200)
     assert tx.send_response(ok, 0.0)
     assert state(tx) is TxState.ACCEPTED and not tx.pending
-    tx.on_request(tx.request, 0.5)  # RFC 6026 §7.1: INVITE retransmission absorbed silently
+    tx.on_request(req, 0.5)  # RFC 6026 §7.1: INVITE retransmission absorbed silently
     assert len(sink.sent) == 1
     assert tx.on_ack(0.6) is True  # ACK to a 2xx goes to the TU
     assert tx.send_response(ok, 0.7)  # the TU's 2xx retransmission passes
-    assert not tx.send_response(response(tx.request, 486), 0.8)  # no second final
+    assert not tx.send_response(response(req, 486), 0.8)  # no second final
     assert run_until(tx, 100.0) == [32.0]  # Timer L
     assert state(tx) is TxState.TERMINATED
+
+
+def test_a_server_transaction_keeps_bytes_not_the_parsed_messages() -> None:
+    # It lives 32 s after its call to absorb retransmissions: parsed messages kept that long
+    # are what the cyclic GC must walk on every full pass.
+    sink = Sink()
+    invite, req = server_invite(sink)
+    invite.send_response(response(req, 200), 0.0)
+    bye, bye_req = server_non_invite(sink)
+    bye.send_response(response(bye_req, 200), 0.0)
+    for tx in (invite, bye):
+        kept = [value for value in vars(tx).values()
+                if isinstance(value, Request | Response | Headers | SipUri)]
+        assert kept == [], type(tx).__name__
 
 
 # -- non-INVITE server (§17.2.2) ---------------------------------------------------------------
 
 
-def server_non_invite(sink: Sink, transport: str = "udp") -> ServerNonInviteTransaction:
+def server_non_invite(sink: Sink, transport: str = "udp"
+                      ) -> tuple[ServerNonInviteTransaction, Request]:
     req = request("OPTIONS")
-    return ServerNonInviteTransaction(server_key(req), req, PEER, transport, CONFIG, sink, 0.0)
+    return (ServerNonInviteTransaction(server_key(req), req, PEER, transport, CONFIG, sink, 0.0),
+            req)
 
 
 def test_non_invite_server_lifecycle_and_timer_j() -> None:
     sink = Sink()
-    tx = server_non_invite(sink)
-    tx.on_request(tx.request, 0.1)  # Trying: absorbed
+    tx, req = server_non_invite(sink)
+    tx.on_request(req, 0.1)  # Trying: absorbed
     assert sink.sent == []
-    tx.send_response(response(tx.request, 100), 0.2)
+    tx.send_response(response(req, 100), 0.2)
     assert state(tx) is TxState.PROCEEDING
-    tx.on_request(tx.request, 0.3)
+    tx.on_request(req, 0.3)
     assert sink.sent[1] == sink.sent[0]
-    tx.send_response(response(tx.request, 200), 1.0)
+    tx.send_response(response(req, 200), 1.0)
     assert state(tx) is TxState.COMPLETED
-    tx.on_request(tx.request, 2.0)
+    tx.on_request(req, 2.0)
     assert sink.sent[-1] == sink.sent[-2] and b"200 OK" in sink.sent[-1][0]
-    assert not tx.send_response(response(tx.request, 500), 2.1)
+    assert not tx.send_response(response(req, 500), 2.1)
     assert run_until(tx, 100.0) == [33.0]  # Timer J = 64*T1 after the final response
     assert state(tx) is TxState.TERMINATED and timeouts(sink) == []
 
 
 def test_non_invite_server_over_tcp_ends_with_final() -> None:
     sink = Sink()
-    tx = server_non_invite(sink, "tcp")
-    tx.send_response(response(tx.request, 200), 0.0)
+    tx, req = server_non_invite(sink, "tcp")
+    tx.send_response(response(req, 200), 0.0)
     assert state(tx) is TxState.TERMINATED
 
 
 def test_non_invite_server_guard_when_tu_never_answers() -> None:
     sink = Sink()
-    tx = server_non_invite(sink)
+    tx, _ = server_non_invite(sink)
     assert run_until(tx, 100.0) == [32.0]
     assert timeouts(sink) == ["guard"]
     assert state(tx) is TxState.TERMINATED
