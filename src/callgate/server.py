@@ -47,6 +47,7 @@ from callgate.sip.transport import SipTransportManager, StreamLimits
 logger = logging.getLogger("callgate.server")
 
 PRUNE_INTERVAL = 3600.0  # seconds between enforcements of the recordings' retention
+GC_THRESHOLDS = (2000, 10, 100)  # the cyclic collector, once the gateway has started
 
 
 @dataclass
@@ -208,6 +209,13 @@ class Gateway:
         # (130,000 objects), a stall of the send tick that costs every call several packets.
         gc.collect()
         gc.freeze()
+        # A call leaves ~90 objects in reference cycles, and the transactions of a busy
+        # minute live 32 s, so at the default thresholds (700, 10, 10) a full pass over every
+        # live call (130-190 ms) ran every second or two at 300 setups a second and stalled
+        # the loop. A larger youngest generation lets more of a call die young, and a full pass
+        # waits for 100 middle-generation passes instead of 10: at 300 setups a second,
+        # INVITE->200 p50 went from 180-430 ms to 2.3 ms, with young passes still under 2 ms.
+        gc.set_threshold(*GC_THRESHOLDS)
         event(logger, "gateway.started", project_id=s.project_id,
               sip=" ".join(f"{n}:{a[0]}:{a[1]}" for n, a in self.sip_addresses.items()),
               http=f"{'https' if s.tls_cert else 'http'}://{s.http_host}:{s.http_port}",
