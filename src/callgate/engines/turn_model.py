@@ -36,8 +36,10 @@ _MODEL_FILE = ("audio", "turn", "smart_turn", "data", "smart-turn-v3.2-cpu.onnx"
 _LOCK = threading.Lock()
 
 
+@cache
 def default_model_path() -> Path:
-    """The Smart Turn ONNX file inside the installed ``pipecat-ai`` package."""
+    """The Smart Turn ONNX file inside the installed ``pipecat-ai`` package (looked up once:
+    every session asks, and the search walks ``sys.path``)."""
     spec = importlib.util.find_spec("pipecat")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     for folder in locations:

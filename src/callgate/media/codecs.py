@@ -26,6 +26,7 @@ lost packet, so the audio comes back bit for bit apart from the jitter buffer's 
 from __future__ import annotations
 
 import ctypes
+from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 import G722  # type: ignore[import-not-found]
@@ -90,6 +91,20 @@ class Codec(Protocol):
         ...
 
 
+@cache
+def _fade_ramps(frame_samples: int, losses: int) -> tuple[npt.NDArray[np.float32], ...]:
+    """Gain ramps for the 1st..nth consecutive lost frame: 1 → ½ → ¼ … → 0 at the end.
+    Shared and read-only: building them per call was ~5 % of the CPU of a call set-up."""
+    ramps = []
+    for k in range(losses):
+        start = 0.5**k
+        end = 0.0 if k == losses - 1 else start / 2
+        ramp = np.linspace(start, end, frame_samples, endpoint=False, dtype=np.float32)
+        ramp.flags.writeable = False
+        ramps.append(ramp)
+    return tuple(ramps)
+
+
 class _FadeConcealer:
     """Repeat-and-fade PLC for codecs without their own (see the module docstring)."""
 
@@ -100,13 +115,7 @@ class _FadeConcealer:
         self._last: _I16 = np.zeros(frame_samples, dtype=np.int16)
         self._losses = 0
         self._silence = bytes(2 * frame_samples)
-        # Gain ramps for the 1st..5th consecutive lost frame: 1 → ½ → ¼ … → 0 at the end.
-        ramps = []
-        for k in range(self._MAX_LOSSES):
-            start = 0.5**k
-            end = 0.0 if k == self._MAX_LOSSES - 1 else start / 2
-            ramps.append(np.linspace(start, end, frame_samples, endpoint=False, dtype=np.float32))
-        self._ramps = ramps
+        self._ramps = _fade_ramps(frame_samples, self._MAX_LOSSES)
 
     def good(self, frame: _I16) -> None:
         self._last = frame

@@ -85,11 +85,9 @@ class JitterBuffer:
 
     def _clear(self) -> None:
         """Forget the source: empty the slots and the timing state (counters are kept)."""
-        for i in range(self._mask + 1):
-            self._pkts[i] = None
-            self._seqs[i] = -1
-        for i in range(_HISTORY):
-            self._seen[i] = -1
+        self._pkts[:] = [None] * len(self._pkts)
+        self._seqs[:] = [-1] * len(self._seqs)
+        self._seen[:] = [-1] * _HISTORY
         self._count = 0
         self._ssrc: int | None = None
         self._started = False

@@ -281,6 +281,9 @@ class RealtimeSession:
         reduction, turn detection."""
         self._reconfigure_socket_audio()
         self._reconfigure_noise()
+        if self.engine.duplex:  # the engine hears the caller and takes turns itself
+            self.detector = None
+            return
         turn_detection = self.config["audio"]["input"].get("turn_detection")
         default_profile = (turn_detection is not None
                            and turn_detection == self._default_turns)
@@ -289,7 +292,7 @@ class RealtimeSession:
             self._end_of_turn = default_end_of_turn()
         config = TurnConfig.from_session(turn_detection, model=self._end_of_turn is not None,
                                          default_profile=default_profile)
-        if config is None or self.engine.duplex:
+        if config is None:
             self.detector = None
             return
         if self._vad is None:
