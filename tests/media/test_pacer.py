@@ -159,6 +159,29 @@ def test_register_and_unregister_from_inside_a_tick() -> None:
     assert len(first.times) >= 5
 
 
+def test_an_idle_tick_keeps_its_timerfd_for_the_next_call() -> None:
+    async def main() -> list[object]:
+        tick = SendTick(use_timerfd=True)
+        client = Client()
+        timers: list[object] = []
+        for _ in range(3):  # a call comes, the gateway goes idle, the next call comes
+            tick.register(client)
+            await asyncio.sleep(0.05)
+            assert tick.running and tick._timerfd is not None
+            timers.append(tick._timerfd)  # (fd numbers are reused, the objects are not)
+            tick.unregister(client)
+            assert not tick.running
+            ticks = len(client.times)
+            await asyncio.sleep(0.05)  # disarmed: no tick fires while idle
+            assert len(client.times) == ticks
+        tick.stop()
+        assert tick._timerfd is None
+        return timers
+
+    timers = run(main())
+    assert all(timer is timers[0] for timer in timers)
+
+
 def test_a_failing_client_does_not_stop_the_others() -> None:
     def boom() -> None:
         raise RuntimeError("broken stream")

@@ -80,19 +80,29 @@ class _TimerFd:
     _CLOCK_MONOTONIC = 1
     _TFD_TIMER_ABSTIME = 1
 
-    def __init__(self, first: float, interval: float) -> None:
+    def __init__(self) -> None:
         libc = _libc()
         self._settime = libc.timerfd_settime
         self.fd: int = libc.timerfd_create(self._CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "timerfd_create failed")
+        self.armed = False
+
+    def arm(self, first: float, interval: float) -> None:
+        """Expire at monotonic time ``first``, then every ``interval`` seconds."""
         sec, frac = divmod(first, 1.0)
-        spec = _Itimerspec(_Timespec(int(interval), round((interval % 1.0) * 1e9)),
-                           _Timespec(int(sec), round(frac * 1e9)))
+        self._set(_Itimerspec(_Timespec(int(interval), round((interval % 1.0) * 1e9)),
+                              _Timespec(int(sec), round(frac * 1e9))))
+        self.armed = True
+
+    def disarm(self) -> None:
+        self._set(_Itimerspec(_Timespec(0, 0), _Timespec(0, 0)))  # a zero value disarms
+        self.armed = False
+        self.drain()
+
+    def _set(self, spec: _Itimerspec) -> None:
         if self._settime(self.fd, self._TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
-            err = ctypes.get_errno()
-            os.close(self.fd)
-            raise OSError(err, "timerfd_settime failed")
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
 
     def drain(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -143,7 +153,7 @@ class SendTick:
 
     @property
     def running(self) -> bool:
-        return self._handle is not None or self._timerfd is not None
+        return self._handle is not None or (self._timerfd is not None and self._timerfd.armed)
 
     @property
     def timer_kind(self) -> str:
@@ -162,19 +172,26 @@ class SendTick:
             return
         self._clients = tuple(c for c in self._clients if c is not client)
         if not self._clients:
-            self.stop()
+            self._idle()
 
     def stop(self) -> None:
-        """Disarm the timer (registering a client again re-arms it)."""
+        """Disarm the timer and release it (registering a client again re-arms it)."""
+        self._idle()
+        if self._timerfd is not None:
+            self._timerfd.close()
+            self._timerfd = None
+
+    def _idle(self) -> None:
+        # The timerfd stays open, disarmed, for the next call: calls come and go all day, and
+        # a new one per re-arm (create, add a reader, close) showed in the call-setup profile.
         self._generation += 1
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if self._timerfd is not None:
+        if self._timerfd is not None and self._timerfd.armed:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._timerfd.fd)
-            self._timerfd.close()
-            self._timerfd = None
+            self._timerfd.disarm()
 
     # -- schedule -----------------------------------------------------------------------------
 
@@ -186,7 +203,9 @@ class SendTick:
         self._n = 0
         if self._use_timerfd:
             try:
-                self._timerfd = _TimerFd(self._start, self.interval)
+                if self._timerfd is None:
+                    self._timerfd = _TimerFd()
+                self._timerfd.arm(self._start, self.interval)
                 loop.add_reader(self._timerfd.fd, self._on_timerfd)
                 return
             except (OSError, AttributeError, NotImplementedError) as exc:
