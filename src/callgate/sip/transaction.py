@@ -114,10 +114,11 @@ def response_client_key(response: Response) -> TxKey | None:
 class Transaction:
     """Common parts: state, named timer deadlines, the peer and the transport.
 
-    A transaction outlives its call by up to 64*T1 (32 s on UDP) to absorb retransmissions,
-    so it keeps the bytes it may resend, not the parsed request: at a few hundred calls a
-    second, tens of thousands of parsed messages kept alive made every full pass of the
-    garbage collector a 150-700 ms stall of the event loop.
+    A server transaction outlives its call by up to 64*T1 (32 s on UDP) to absorb
+    retransmissions, so it keeps the bytes it may resend, not the parsed request: at a few
+    hundred calls a second, tens of thousands of parsed messages kept alive made every full
+    pass of the garbage collector a 150-700 ms stall of the event loop. A client INVITE
+    transaction keeps its request, to build the ACK of a non-2xx answer.
     """
 
     method: str
